@@ -1,0 +1,131 @@
+"""Zero-phase anti-alias low-pass: a linear-phase Kaiser-windowed-sinc FIR applied centred.
+
+Measured spec of the default design (passband 20 kHz, stopband 22 kHz, 80 dB) at 48 kHz:
+123 taps, passband ripple 0.0011 dB up to 20 kHz, attenuation at least 79.6 dB from 22 kHz up
+to Nyquist (98.9 dB at exactly 22 kHz, which sits near a response null). Kaiser's length formula
+is an estimate: the worst stopband lobe lands a little short of the 80 dB asked for, so the
+documented figures are measured ones. At 44.1 kHz (113 taps) the narrow band 22.0-22.05 kHz
+is only 73.6 dB down.
+Shapes: audio `[..., samples]` -> `[..., samples]`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+# Measured on design_lowpass(48000) with a 2**20-point FFT of the taps (see tests/dsp/test_filters.py).
+TAPS_AT_48KHZ = 123
+PASSBAND_RIPPLE_DB = 0.0011
+STOPBAND_ATTENUATION_DB = 79.6
+
+
+def kaiser_beta(attenuation_db: float) -> float:
+    """Kaiser window shape parameter for a stopband attenuation (Kaiser's empirical formula)."""
+    if attenuation_db > 50.0:
+        return 0.1102 * (attenuation_db - 8.7)
+    if attenuation_db >= 21.0:
+        return 0.5842 * (attenuation_db - 21.0) ** 0.4 + 0.07886 * (attenuation_db - 21.0)
+    return 0.0
+
+
+def kaiser_taps(attenuation_db: float, transition_hz: float, sample_rate: int) -> int:
+    """Odd tap count from Kaiser's order estimate: order = (A - 7.95) / (2.285 * transition in rad/sample)."""
+    transition_rad = 2.0 * math.pi * transition_hz / sample_rate
+    order = math.ceil((attenuation_db - 7.95) / (2.285 * transition_rad))
+    order += order % 2  # even order: odd length, so the filter has a centre sample and zero delay is exact
+    return order + 1
+
+
+@functools.lru_cache(maxsize=32)
+def design_lowpass(
+    sample_rate: int,
+    passband_hz: float = 20000.0,
+    stopband_hz: float = 22000.0,
+    attenuation_db: float = 80.0,
+) -> torch.Tensor:
+    """Symmetric (linear-phase) Kaiser-windowed-sinc low-pass taps `[taps]`, float64 on CPU.
+
+    Odd length, cutoff midway in the transition band, DC gain exactly 1. Cached: do not modify in place.
+    """
+    if not 0.0 < passband_hz < stopband_hz <= sample_rate / 2:
+        raise ValueError(
+            f"passband_hz={passband_hz}, stopband_hz={stopband_hz} at sample_rate={sample_rate}: "
+            f"need 0 < passband_hz < stopband_hz <= sample_rate/2 ({sample_rate / 2})"
+        )
+    if not attenuation_db > 0.0:
+        raise ValueError(f"attenuation_db={attenuation_db}: must be > 0")
+    taps = kaiser_taps(attenuation_db, stopband_hz - passband_hz, sample_rate)
+    cutoff = (passband_hz + stopband_hz) / 2.0 / sample_rate  # cycles per sample
+    n = torch.arange(taps, dtype=torch.float64) - (taps - 1) / 2
+    ideal = 2.0 * cutoff * torch.sinc(2.0 * cutoff * n)
+    window = torch.kaiser_window(taps, periodic=False, beta=kaiser_beta(attenuation_db), dtype=torch.float64)
+    kernel = ideal * window
+    return kernel / kernel.sum()
+
+
+def fast_fft_size(n: int) -> int:
+    """Smallest 2^a * 3^b * 5^c >= n: FFT sizes that are fast without the up-to-2x padding of a power of two."""
+    best = 1 << max(n - 1, 0).bit_length()
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            size = power35
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            power35 *= 3
+        power5 *= 5
+    return best
+
+
+@functools.lru_cache(maxsize=32)
+def lowpass_spectrum(
+    sample_rate: int,
+    passband_hz: float,
+    stopband_hz: float,
+    fft_size: int,
+    device: str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """rfft of the low-pass taps zero-padded to `fft_size`, on `device` in the complex type of `dtype`."""
+    kernel = design_lowpass(sample_rate, passband_hz, stopband_hz)
+    spectrum = torch.fft.rfft(kernel, n=fft_size)
+    return spectrum.to(device=device, dtype=torch.complex128 if dtype == torch.float64 else torch.complex64)
+
+
+def anti_alias(
+    audio: torch.Tensor,
+    sample_rate: int,
+    passband_hz: float = 20000.0,
+    stopband_hz: float = 22000.0,
+) -> torch.Tensor:
+    """Zero-phase low-pass of `[..., samples]` audio; same shape, device and dtype out.
+
+    The signal is reflect-padded by half the filter length at both ends before the FFT convolution:
+    zero padding would make the filter average the first and last few milliseconds with silence,
+    a level dip of up to 6 dB at the ends. Reflection continues the local waveform instead
+    (inputs shorter than half the filter repeat their end samples). Half-precision input is
+    filtered in float32 and cast back.
+    """
+    kernel_taps = design_lowpass(sample_rate, passband_hz, stopband_hz).numel()
+    half = (kernel_taps - 1) // 2
+    shape = audio.shape
+    samples = shape[-1]
+    if samples == 0:
+        return audio
+    work_dtype = audio.dtype if audio.dtype in (torch.float32, torch.float64) else torch.float32
+    flat = audio.reshape(-1, 1, samples).to(work_dtype)
+    pad_mode = "reflect" if samples > half else "replicate"
+    padded = torch.nn.functional.pad(flat, (half, half), mode=pad_mode)
+    # Circular convolution of size >= padded length wraps only into the first 2*half outputs,
+    # which the crop below discards, so no extra zero padding is needed.
+    fft_size = fast_fft_size(padded.shape[-1])
+    spectrum = lowpass_spectrum(sample_rate, passband_hz, stopband_hz, fft_size, str(audio.device), work_dtype)
+    filtered = torch.fft.irfft(torch.fft.rfft(padded, n=fft_size) * spectrum, n=fft_size)
+    # Output sample i sits at i + half (padding) + half (filter centre) in the full convolution.
+    centred = filtered[..., 2 * half : 2 * half + samples]
+    return centred.reshape(shape).to(audio.dtype)
