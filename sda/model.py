@@ -1,0 +1,310 @@
+"""The convolutional VAE over log-mel windows, and its checkpoint format.
+
+A window is `[n_mels, frames]` log-mel (frames = 1 + window_samples // hop). The encoder sees it
+normalised per mel bin (mean/std of the training data, stored as buffers), padded at the top of
+the time axis to a multiple of 2**levels frames so every stride-2 level halves it exactly; the
+decoder mirrors that and crops back. Every layer's shape is fixed at construction from the
+spectrogram settings and the hyperparameters; nothing is created on first forward.
+
+Checkpoint: one file written by `torch.save` and read with `torch.load(weights_only=True)`, so
+loading a stranger's checkpoint never runs code from it. It holds a dict:
+
+    format          "sda-checkpoint"
+    format_version  int (CHECKPOINT_FORMAT_VERSION)
+    hyperparameters ModelHyperparameters as a dict
+    spectrogram     SpectrogramSettings as a dict (compared on load, never assumed)
+    training        the training record (dataset fingerprint, epochs, losses, versions, config)
+    state_dict      tensors
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sda.dsp.spectrogram import SpectrogramSettings
+from sda.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "sda-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+PACKAGED_MODELS_DIR = Path(__file__).parent / "models"
+
+
+@dataclass(frozen=True)
+class ModelHyperparameters:
+    """Architecture of the VAE. `channels` lists the feature maps per stride-2 level."""
+
+    latent_dim: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim={self.latent_dim}: must be >= 1")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels={self.channels}: need at least one level, each >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"latent_dim": self.latent_dim, "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelHyperparameters":
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != known:
+            raise CheckpointError(f"model hyperparameters hold keys {sorted(data)}; expected {sorted(known)}")
+        return cls(latent_dim=int(data["latent_dim"]), channels=tuple(data["channels"]))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return math.ceil(value / multiple) * multiple
+
+
+class MelVAE(nn.Module):
+    """Convolutional VAE: `[batch, n_mels, frames]` log-mel <-> `[batch, latent_dim]` latents."""
+
+    def __init__(self, settings: SpectrogramSettings, hyper: ModelHyperparameters) -> None:
+        super().__init__()
+        self.settings = settings
+        self.hyper = hyper
+        levels = len(hyper.channels)
+        scale = 2**levels
+        self.n_mels = settings.n_mels
+        self.frames = settings.window_frames
+        self.padded_mels = _round_up(self.n_mels, scale)
+        self.padded_frames = _round_up(self.frames, scale)
+        self.bottom_shape = (hyper.channels[-1], self.padded_mels // scale, self.padded_frames // scale)
+        flat = math.prod(self.bottom_shape)
+
+        self.register_buffer("mel_mean", torch.zeros(self.n_mels, 1))
+        self.register_buffer("mel_std", torch.ones(self.n_mels, 1))
+
+        encoder: list[nn.Module] = []
+        in_ch = 1
+        for out_ch in hyper.channels:
+            encoder += [nn.Conv2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.SiLU()]
+            in_ch = out_ch
+        self.encoder = nn.Sequential(*encoder)
+        self.to_mu = nn.Linear(flat, hyper.latent_dim)
+        self.to_logvar = nn.Linear(flat, hyper.latent_dim)
+
+        self.from_latent = nn.Linear(hyper.latent_dim, flat)
+        decoder: list[nn.Module] = []
+        chans = list(hyper.channels[::-1]) + [1]
+        for i in range(levels):
+            # kernel 4 / stride 2: every output cell gets the same number of taps (no checkerboard)
+            decoder.append(nn.ConvTranspose2d(chans[i], chans[i + 1], kernel_size=4, stride=2, padding=1))
+            if i < levels - 1:
+                decoder.append(nn.SiLU())
+        self.decoder = nn.Sequential(*decoder)
+
+    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-mel-bin statistics `[n_mels]` of the training log-mels."""
+        self.mel_mean.copy_(mean.reshape(self.n_mels, 1))
+        self.mel_std.copy_(std.clamp(min=1e-3).reshape(self.n_mels, 1))
+
+    def normalise(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return (log_mel - self.mel_mean) / self.mel_std
+
+    def encode(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[batch, n_mels, frames]` log-mel -> (mu, logvar), each `[batch, latent_dim]`."""
+        x = self.normalise(log_mel)
+        x = nn.functional.pad(
+            x, (0, self.padded_frames - self.frames, 0, self.padded_mels - self.n_mels), mode="replicate"
+        )
+        h = self.encoder(x.unsqueeze(1)).flatten(1)
+        return self.to_mu(h), self.to_logvar(h).clamp(-30.0, 20.0)
+
+    def decode_normalised(self, z: torch.Tensor) -> torch.Tensor:
+        """`[batch, latent_dim]` -> normalised log-mel `[batch, n_mels, frames]` (the training target space)."""
+        h = self.from_latent(z).reshape(z.shape[0], *self.bottom_shape)
+        return self.decoder(h)[:, 0, : self.n_mels, : self.frames]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """`[batch, latent_dim]` latents -> log-mel windows `[batch, n_mels, frames]` (never negative)."""
+        return (self.decode_normalised(z) * self.mel_std + self.mel_mean).clamp(min=0.0)
+
+    def forward(self, log_mel: torch.Tensor, generator: torch.Generator | None = None):
+        """Reparameterised pass for training: returns (normalised reconstruction, mu, logvar)."""
+        mu, logvar = self.encode(log_mel)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + noise * torch.exp(0.5 * logvar)
+        return self.decode_normalised(z), mu, logvar
+
+
+@dataclass
+class LoadedModel:
+    """A VAE ready for inference with what is known about where it came from."""
+
+    vae: MelVAE
+    path: Path
+    name: str
+    sha256: str
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> SpectrogramSettings:
+        return self.vae.settings
+
+    @property
+    def latent_dim(self) -> int:
+        return self.vae.hyper.latent_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.mel_mean.device
+
+
+def checkpoint_record(
+    vae: MelVAE, training: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
+    """The dict `save_checkpoint` writes."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "hyperparameters": vae.hyper.to_dict(),
+        "spectrogram": vae.settings.to_dict(),
+        "training": training,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in (state_dict or vae.state_dict()).items()},
+    }
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """`torch.save` to a temporary file beside `path`, fsync, then move into place.
+
+    A crash at any moment leaves either the previous file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(vae: MelVAE, training: dict[str, Any], path: Path) -> Path:
+    save_atomic(checkpoint_record(vae, training), Path(path))
+    return Path(path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_checkpoint(name_or_path: str, search_dirs: list[Path] | None = None) -> Path:
+    """A bare name (no '/' and no '.pt') means `models/NAME.pt` in the given folders (by default
+    the current folder's `models/`), then the models shipped inside the package. Anything else is
+    a path."""
+    text = str(name_or_path)
+    if "/" in text or text.endswith(".pt"):
+        return Path(text).expanduser()
+    for folder in [*(search_dirs or [Path("models")]), PACKAGED_MODELS_DIR]:
+        candidate = Path(folder) / f"{text}.pt"
+        if candidate.is_file():
+            return candidate
+    return PACKAGED_MODELS_DIR / f"{text}.pt"
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and check a checkpoint file's structure without building a model."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"model checkpoint {str(path)!r} is not a file")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(f"{str(path)!r} is not an sda checkpoint (not a torch zip archive)")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{str(path)!r} holds pickled objects that would run code to load; refused (sda loads weights only)"
+        ) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as error:
+        raise CheckpointError(f"{str(path)!r} is truncated or corrupt ({type(error).__name__})") from None
+    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not an sda checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+    version = record.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{str(path)!r} has an unknown checkpoint format version {version!r}")
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format version {version}, newer than this sda reads "
+            f"(up to {CHECKPOINT_FORMAT_VERSION}); upgrade sda"
+        )
+    for key in ("hyperparameters", "spectrogram", "training", "state_dict"):
+        if not isinstance(record.get(key), dict):
+            raise CheckpointError(f"{str(path)!r} lacks its '{key}' section")
+    return record
+
+
+def build_from_record(record: dict[str, Any], path: Path) -> MelVAE:
+    """Build the VAE the record describes and load its tensors, checking every shape."""
+    try:
+        settings = SpectrogramSettings.from_dict(record["spectrogram"])
+        hyper = ModelHyperparameters.from_dict(record["hyperparameters"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{str(path)!r} has invalid settings: {error}") from None
+    vae = MelVAE(settings, hyper)
+    expected = vae.state_dict()
+    stored = record["state_dict"]
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{str(path)!r} does not match its own architecture: missing tensors {missing[:3]}, "
+            f"unexpected tensors {unexpected[:3]}"
+        )
+    for key, tensor in expected.items():
+        if not isinstance(stored[key], torch.Tensor) or tuple(stored[key].shape) != tuple(tensor.shape):
+            got = tuple(stored[key].shape) if isinstance(stored[key], torch.Tensor) else type(stored[key]).__name__
+            raise CheckpointError(
+                f"{str(path)!r}: tensor '{key}' has shape {list(got) if isinstance(got, tuple) else got} "
+                f"but the architecture in its header needs {list(tensor.shape)}"
+            )
+    vae.load_state_dict(stored)
+    return vae
+
+
+def load_model(
+    path: str | Path = "default",
+    device: str | torch.device = "cpu",
+    expected_settings: SpectrogramSettings | None = None,
+) -> LoadedModel:
+    """Load a checkpoint for inference. `path` may be a file or a bare model name (see
+    `resolve_checkpoint`). With `expected_settings`, every spectrogram setting must match.
+
+    Raises CheckpointError (one line) for a missing file, a file that is not a checkpoint, a
+    truncated file, an unknown or newer format version, or a tensor shape mismatch."""
+    resolved = resolve_checkpoint(str(path))
+    record = read_checkpoint(resolved)
+    vae = build_from_record(record, resolved)
+    if expected_settings is not None:
+        differences = vae.settings.differences(expected_settings)
+        if differences:
+            raise CheckpointError(
+                f"{str(resolved)!r} was trained with other spectrogram settings: {'; '.join(differences)}"
+            )
+    vae.eval().requires_grad_(False)
+    vae.to(device)
+    name = resolved.stem
+    return LoadedModel(vae=vae, path=resolved.resolve(), name=name, sha256=file_sha256(resolved), training=record["training"])

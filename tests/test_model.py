@@ -1,0 +1,149 @@
+"""The VAE's shapes and the checkpoint format's guarantees."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sda.dsp.spectrogram import SpectrogramSettings
+from sda.errors import CheckpointError
+from sda.model import (
+    CHECKPOINT_FORMAT_VERSION,
+    MelVAE,
+    ModelHyperparameters,
+    checkpoint_record,
+    load_model,
+    save_checkpoint,
+)
+
+
+@pytest.fixture
+def small_vae() -> MelVAE:
+    torch.manual_seed(0)
+    settings = SpectrogramSettings(n_fft=1024, hop_length=256, n_mels=64, window_s=0.5)
+    return MelVAE(settings, ModelHyperparameters(latent_dim=8, channels=(4, 8, 8)))
+
+
+@pytest.fixture
+def saved(tmp_path: Path, small_vae: MelVAE) -> Path:
+    return save_checkpoint(small_vae, {"note": "test"}, tmp_path / "small.pt")
+
+
+@pytest.mark.parametrize(
+    "settings, hyper",
+    [
+        (SpectrogramSettings(), ModelHyperparameters()),
+        (SpectrogramSettings(n_fft=1024, hop_length=256, n_mels=80, window_s=0.75), ModelHyperparameters(latent_dim=16, channels=(8, 16, 32))),
+        (SpectrogramSettings(hop_length=300, n_mels=100, window_s=1.3), ModelHyperparameters(latent_dim=5, channels=(3,))),
+    ],
+)
+def test_every_layer_is_built_at_construction_and_decoding_gives_mel_windows(settings, hyper):
+    vae = MelVAE(settings, hyper)
+    parameters_before = {name: p.shape for name, p in vae.named_parameters()}
+    assert parameters_before, "no parameters"
+    frames = 1 + round(settings.window_s * settings.sample_rate) // settings.hop_length
+    log_mel = torch.rand(3, settings.n_mels, frames) * 4
+    recon, mu, logvar = vae(log_mel, generator=torch.Generator().manual_seed(0))
+    decoded = vae.decode(torch.randn(5, hyper.latent_dim))
+    assert recon.shape == (3, settings.n_mels, frames)
+    assert mu.shape == logvar.shape == (3, hyper.latent_dim)
+    assert decoded.shape == (5, settings.n_mels, frames)
+    assert decoded.min() >= 0, "a log1p magnitude is never negative"
+    # a forward pass created nothing new: all shapes were fixed at construction
+    assert {name: p.shape for name, p in vae.named_parameters()} == parameters_before
+
+
+def test_checkpoint_round_trip_restores_identical_decoding(saved: Path, small_vae: MelVAE):
+    loaded = load_model(saved, "cpu")
+    z = torch.randn(4, 8)
+    assert torch.equal(loaded.vae.decode(z), small_vae.eval().decode(z))
+    assert loaded.settings == small_vae.settings
+    assert loaded.training == {"note": "test"}
+    assert len(loaded.sha256) == 64 and loaded.name == "small"
+
+
+def test_checkpoint_is_loaded_with_weights_only(saved: Path):
+    record = torch.load(saved, weights_only=True)
+    assert record["format"] == "sda-checkpoint"
+    assert record["format_version"] == CHECKPOINT_FORMAT_VERSION
+    assert set(record) == {"format", "format_version", "hyperparameters", "spectrogram", "training", "state_dict"}
+
+
+def _one_line_error(path, **kwargs) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_model(path, "cpu", **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_checkpoint_is_one_clear_line(tmp_path: Path):
+    assert "does not exist" in _one_line_error(tmp_path / "nope.pt")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path):
+    wav = tmp_path / "song.pt"
+    wav.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(100))
+    assert "not an sda checkpoint" in _one_line_error(wav)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    assert "not an sda checkpoint" in _one_line_error(plain)
+
+
+def test_truncated_checkpoint_is_reported_as_truncated(saved: Path, tmp_path: Path):
+    data = saved.read_bytes()
+    for fraction in (0.3, 0.9):
+        cut = tmp_path / f"cut{fraction}.pt"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        assert "truncated or corrupt" in _one_line_error(cut)
+
+
+def test_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path: Path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "sda-checkpoint", "payload": Payload()}, evil)
+    assert "refused" in _one_line_error(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("version, expected", [(CHECKPOINT_FORMAT_VERSION + 1, "newer than this sda reads"), (0, "unknown"), ("1", "unknown")])
+def test_unknown_or_newer_format_version_is_refused(tmp_path: Path, small_vae: MelVAE, version, expected):
+    record = checkpoint_record(small_vae, {})
+    record["format_version"] = version
+    path = tmp_path / "v.pt"
+    torch.save(record, path)
+    assert expected in _one_line_error(path)
+
+
+def test_tensor_shape_mismatch_names_the_tensor(tmp_path: Path, small_vae: MelVAE):
+    record = checkpoint_record(small_vae, {})
+    record["state_dict"]["to_mu.weight"] = torch.zeros(3, 3)
+    path = tmp_path / "shape.pt"
+    torch.save(record, path)
+    message = _one_line_error(path)
+    assert "to_mu.weight" in message and "[3, 3]" in message
+
+
+def test_spectrogram_settings_are_compared_not_assumed(saved: Path, small_vae: MelVAE):
+    same_shapes = SpectrogramSettings(**{**small_vae.settings.to_dict(), "f_min": 30.0})
+    message = _one_line_error(saved, expected_settings=same_shapes)
+    assert "f_min: 0.0 != 30.0" in message
+    assert load_model(saved, "cpu", expected_settings=small_vae.settings).settings == small_vae.settings
+
+
+def test_shipped_default_model_loads_and_is_small():
+    loaded = load_model("default", "cpu", expected_settings=SpectrogramSettings())
+    assert loaded.path.stat().st_size <= 8 * 1024 * 1024
+    record = loaded.training
+    for key in ("dataset", "epochs", "final_train_loss", "final_validation_loss", "wall_time_s", "sda_version", "torch_version", "config", "command"):
+        assert key in record, key
+    assert {"file_count", "total_seconds", "content_hash"} <= set(record["dataset"])
+    assert "dataset=demo" in record["command"]
