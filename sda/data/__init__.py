@@ -1,0 +1,2 @@
+"""Training data: a folder of audio as mono clips, training windows with augmentation, and the
+synthesised demo corpus."""
