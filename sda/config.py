@@ -422,6 +422,7 @@ class TrainConfig(Sealed):
     beta: float = 1.0
     kl_warmup_epochs: int = 40
     free_bits: float = 0.05
+    spectral_weight: float = 0.0
     grad_clip: float = 5.0
     patience: int = 40
     min_delta: float = 0.0
@@ -453,6 +454,7 @@ class TrainConfig(Sealed):
         _check_range("beta", self.beta, 0.0, 100.0)
         _check_range("kl_warmup_epochs", self.kl_warmup_epochs, 0, 100000)
         _check_range("free_bits", self.free_bits, 0.0, 10.0)
+        _check_range("spectral_weight", self.spectral_weight, 0.0, 1e6)
         _check_range("grad_clip", self.grad_clip, 0.0, 1e6, low_open=True)
         _check_range("patience", self.patience, 1, 100000)
         _check_range("checkpoint_every", self.checkpoint_every, 1, 100000)

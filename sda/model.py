@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -167,7 +168,10 @@ class LoadedModel:
 def checkpoint_record(
     vae: MelVAE, training: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None
 ) -> dict[str, Any]:
-    """The dict `save_checkpoint` writes."""
+    """The dict `save_checkpoint` writes. The training record goes through JSON, so it holds
+    only plain data (a str subclass or a numpy scalar would make weights-only loading refuse
+    the file)."""
+    training = json.loads(json.dumps(training, allow_nan=False))
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,

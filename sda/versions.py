@@ -23,10 +23,11 @@ def sda_version() -> str:
 def versions() -> dict[str, str]:
     return {
         "sda_version": sda_version(),
-        "torch_version": torch.__version__,
-        "torchaudio_version": torchaudio.__version__,
-        "numpy_version": numpy.__version__,
-        "soundfile_version": soundfile.__version__,
-        "libsndfile_version": soundfile.__libsndfile_version__,
+        # str(): torch.__version__ is a str subclass that weights-only loading refuses
+        "torch_version": str(torch.__version__),
+        "torchaudio_version": str(torchaudio.__version__),
+        "numpy_version": str(numpy.__version__),
+        "soundfile_version": str(soundfile.__version__),
+        "libsndfile_version": str(soundfile.__libsndfile_version__),
         "python_version": platform.python_version(),
     }

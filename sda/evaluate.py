@@ -1,0 +1,61 @@
+"""`python -m sda.evaluate model.checkpoint=... dataset.path=...`: reconstruction and generation
+figures of a model next to two baselines (see sda.evaluation). Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_original_cwd
+from omegaconf import DictConfig
+
+from sda.cli import fail, is_info_request, parse_command_line, preflight
+from sda.config import EvaluateConfig, register_configs, to_evaluate_config
+from sda.errors import SdaError
+from sda.evaluation import evaluate_model
+
+log = logging.getLogger("sda.evaluate")
+register_configs()
+_FAILED: list[SdaError] = []
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def _hydra_main(cfg: DictConfig) -> None:
+    base_dir = Path(get_original_cwd())
+    try:
+        config = to_evaluate_config(cfg)
+        evaluation = evaluate_model(config, base_dir)
+    except SdaError as error:
+        log.error("%s", error)
+        _FAILED.append(error)
+        return
+    output = Path(config.output) if config.output else Path(HydraConfig.get().runtime.output_dir) / "evaluation.json"
+    output = output if output.is_absolute() else base_dir / output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(evaluation.to_dict(), indent=2))
+    print(evaluation.table())
+    print(f"written to {output}")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    args = parse_command_line(argv)
+    if not is_info_request(args):
+        try:
+            if args.multirun:
+                raise SdaError("sda.evaluate runs one evaluation at a time; drop -m/--multirun")
+            preflight("evaluate", args.overrides, False, EvaluateConfig, to_evaluate_config)
+        except SdaError as error:
+            fail(error)
+    _hydra_main()
+    if _FAILED:
+        sys.exit(_FAILED[0].exit_code)
+
+
+if __name__ == "__main__":
+    main()

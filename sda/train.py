@@ -1,0 +1,58 @@
+"""`python -m sda.train dataset.path=DIR name=NAME` (or `dataset=demo`): train a model.
+
+The model is written to `models/NAME.pt` (relative to the folder the command runs in, or
+`models_dir=...`). Logs go to `outputs/train/NAME/<date>/<time>/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_original_cwd
+from omegaconf import DictConfig
+
+from sda.cli import fail, is_info_request, parse_command_line, preflight
+from sda.config import TrainConfig, register_configs, to_train_config
+from sda.errors import SdaError
+from sda.training import train_model
+
+log = logging.getLogger("sda.train")
+register_configs()
+_FAILED: list[SdaError] = []
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        config = to_train_config(cfg)
+        command = "python -m sda.train " + " ".join(shlex.quote(o) for o in HydraConfig.get().overrides.task)
+        result = train_model(config, base_dir=get_original_cwd(), command=command.strip())
+    except SdaError as error:
+        log.error("%s", error)
+        _FAILED.append(error)
+        return
+    log.info("%s", result.summary())
+    print(result.model_path)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    args = parse_command_line(argv)
+    if not is_info_request(args):
+        try:
+            if args.multirun:
+                raise SdaError("sda.train runs one training at a time; drop -m/--multirun")
+            preflight("train", args.overrides, False, TrainConfig, to_train_config)
+        except SdaError as error:
+            fail(error)
+    _hydra_main()
+    if _FAILED:
+        sys.exit(_FAILED[0].exit_code)
+
+
+if __name__ == "__main__":
+    main()
