@@ -58,10 +58,11 @@ class Evaluation:
 
     def table(self) -> str:
         figures = list(self.figures["model"])
-        header = f"{'':24s}" + "".join(f"{name:>16s}" for name in SUBJECTS)
+        width = max(len(f) for f in figures) + 2
+        header = f"{'':{width}s}" + "".join(f"{name:>14s}" for name in SUBJECTS)
         rows = [header]
         for figure in figures:
-            rows.append(f"{figure:24s}" + "".join(f"{self.figures[s][figure]:16.4f}" for s in SUBJECTS))
+            rows.append(f"{figure:{width}s}" + "".join(f"{self.figures[s][figure]:14.4f}" for s in SUBJECTS))
         wins = self.beats_baselines()
         rows.append("model beats both baselines: " + ", ".join(f"{f} {'yes' if ok else 'NO'}" for f, ok in wins.items()))
         return "\n".join(rows)
