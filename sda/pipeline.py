@@ -30,7 +30,7 @@ from sda import seeds as seeding
 from sda.config import ChunkingMode, GenerationConfig, INTERNAL_SAMPLE_RATE, StereoMode
 from sda.dsp.chunking import cola_window, equal_power_crossfade, interpolate_anchors, overlap_add_frames
 from sda.dsp.filters import anti_alias
-from sda.dsp.normalize import peak_normalize
+from sda.dsp.normalize import enforce_ceiling, peak_normalize
 from sda.dsp.phase import griffin_lim, inverse_mel
 from sda.dsp.quality import QualityMetrics, measure_quality_batch
 from sda.dsp.resample import resample
@@ -207,6 +207,8 @@ class GenerationPipeline:
             # A peak between the new rate's samples reads lower (or higher) after resampling:
             # normalise again at the output rate so every file peaks at exactly -1 dBFS.
             audio, _ = peak_normalize(audio, PEAK_DBFS)
+            # The float32 product can round one step above the ceiling: never let it.
+            audio, _ = enforce_ceiling(audio, PEAK_DBFS)
             frames = round(cfg.duration_s * cfg.export.sample_rate)
             if audio.shape[-1] < frames:
                 raise RuntimeError(f"generated {audio.shape[-1]} frames, fewer than the {frames} needed")

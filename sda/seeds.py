@@ -4,15 +4,26 @@ Left seeds are what users type: integers in [0, 2^32). A dual_seed output's righ
 `right_seed(seed) = 2^32 + mix32(seed)`, where mix32 is a bijection of 32-bit integers. So a
 right seed is never any left seed (it is >= 2^32), two different left seeds never share a right
 seed, and in a seed sweep file k's right channel is unrelated to file k+1's left channel (which
-"right = seed + 1" would make identical). torch.Generator takes seeds up to 2^64 - 1.
+"right = seed + 1" would make identical).
+
+torch's CPU generator seeds its Mersenne Twister with the low 32 bits of a seed only
+(`manual_seed(2**32 + k)` draws what `manual_seed(k)` draws), so a right seed passed to
+`manual_seed` would replay the left channel of seed mix32(seed) (seed 0: its own left channel).
+`generator` therefore gives a seed of 2^32 or more the state of MT19937's reference
+`init_by_array` over the seed's two 32-bit halves, written into the torch generator.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 SEED_SPACE = 2**32
 _MASK32 = 0xFFFFFFFF
+# torch's CPU generator state: the initial seed (u64), left (i32), seeded (i32), next (u64), then
+# the 624 Mersenne Twister words, each stored as a u64.
+_MT_WORDS = 624
+_MT_OFFSET = 24
 
 
 def mix32(value: int) -> int:
@@ -34,9 +45,23 @@ def right_seed(seed: int) -> int:
 
 
 def generator(seed: int) -> torch.Generator:
-    """A CPU generator for one item. Latents are drawn on the CPU whatever the device, so an
-    output depends on its seed and config, not on the batch it was in or the device."""
-    return torch.Generator(device="cpu").manual_seed(seed)
+    """A CPU generator for one item, for seeds in [0, 2^64). Latents are drawn on the CPU
+    whatever the device, so an output depends on its seed and config, not on the batch it was
+    in or the device. Seeds of 2^32 or more get their own streams (see the module docstring)."""
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed={seed}: allowed [0, 2^64)")
+    low = seed & _MASK32
+    g = torch.Generator(device="cpu").manual_seed(low)
+    if seed < SEED_SPACE:
+        return g
+    state = g.get_state().numpy().copy()
+    words = state[_MT_OFFSET : _MT_OFFSET + 8 * _MT_WORDS].view(np.uint64)
+    if not np.array_equal(words, np.random.RandomState(low).get_state()[1]):
+        raise RuntimeError(f"torch {torch.__version__}: unexpected CPU generator state layout; cannot seed {seed}")
+    words[:] = np.random.RandomState([low, seed >> 32]).get_state()[1]
+    state[:8] = np.frombuffer(np.uint64(seed).tobytes(), np.uint8)
+    g.set_state(torch.from_numpy(state))
+    return g
 
 
 def sample_latents(seed: int, count: int, latent_dim: int) -> torch.Tensor:
