@@ -15,7 +15,9 @@ Quantisation is ours, not libsndfile's, so the -1 dBFS ceiling holds in the inte
 16-bit gets TPDF dither (triangular, +-1 LSB) from a seeded generator; 24-bit is rounded; 32-bit
 is float. libsndfile stores an int32 sample as PCM_24 by keeping its top 24 bits, so 24-bit
 values are handed over shifted left by 8. Tags: FLAC and OGG accept them only before the first
-frame is written (WAV either way), so they are always set first.
+frame is written (WAV either way), so they are always set first. libsndfile stamps every Ogg page
+with a stream serial number drawn from the clock; it is replaced by one from `dither_seed` (page
+checksums recomputed), so the same audio always gives the same bytes in every format.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import json
 import math
 import os
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +52,8 @@ _CONTAINERS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
 TAG_NAMES = ("title", "comment", "software", "artist", "date", "album", "copyright", "license", "genre")
 TEMP_GLOB = ".*.tmp"
 OGG_ATTEMPTS = 6
+WRITE_BLOCK_FRAMES = 1 << 16
+_BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,34 @@ def _encode_once(samples: np.ndarray, sample_rate: int, format: str, subtype: st
     ) as handle:
         for name, value in tags.items():
             setattr(handle, name, value)  # before the first frame: FLAC and OGG refuse strings later
-        handle.write(samples)
+        # In blocks: one large write to libsndfile's Vorbis encoder overflows its stack (a crash
+        # at about 60 s of 48 kHz stereo); the bytes are the same as one write's for PCM.
+        for start in range(0, samples.shape[0], WRITE_BLOCK_FRAMES):
+            handle.write(samples[start : start + WRITE_BLOCK_FRAMES])
     return buffer.getvalue()
+
+
+def _ogg_crc(page: bytes) -> int:
+    """Ogg's page checksum (CRC-32, polynomial 0x04C11DB7, MSB first, init 0, no final xor),
+    computed with zlib's LSB-first CRC-32 on bit-reversed bytes."""
+    reflected = zlib.crc32(page.translate(_BIT_REVERSED), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{reflected:032b}"[::-1], 2)
+
+
+def _set_ogg_serial(data: bytes, serial: int) -> bytes:
+    """`data` (a single-stream Ogg file) with every page's serial number set to `serial`."""
+    out = bytearray(data)
+    position = 0
+    while position < len(out):
+        if out[position : position + 4] != b"OggS" or position + 27 > len(out):
+            raise OutputError(f"Ogg encoding is malformed at byte {position}")
+        segments = out[position + 26]
+        length = 27 + segments + sum(out[position + 27 : position + 27 + segments])
+        out[position + 14 : position + 18] = struct.pack("<I", serial & 0xFFFFFFFF)
+        out[position + 22 : position + 26] = bytes(4)
+        out[position + 22 : position + 26] = struct.pack("<I", _ogg_crc(bytes(out[position : position + length])))
+        position += length
+    return bytes(out)
 
 
 def _decoded_peak(data: bytes) -> tuple[float, int]:
@@ -145,9 +177,13 @@ def encode_audio(
     ceiling = _ceiling_amplitude(ceiling_dbfs)
     frames = audio.shape[1]
     if format == "ogg":
+        # Clamped first, as PCM is: scaling down a signal that quantise() would clamp anyway
+        # would leave it unchanged, and the encoder's overshoot with it.
+        source = np.clip(audio.astype(np.float64), -ceiling, ceiling)
         gain = 1.0
         for _ in range(OGG_ATTEMPTS):
-            data = _encode_once(quantise(audio * gain, 32, ceiling_dbfs, 0), sample_rate, format, subtype, tags, ogg_quality)
+            data = _encode_once(quantise(source * gain, 32, ceiling_dbfs, 0), sample_rate, format, subtype, tags, ogg_quality)
+            data = _set_ogg_serial(data, dither_seed)
             peak, decoded_frames = _decoded_peak(data)
             if decoded_frames != frames:
                 raise OutputError(f"Vorbis encoding gave {decoded_frames} frames for {frames}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,7 +84,8 @@ def sidecar_record(
             "frames": encoded.frames,
             "bit_depth": cfg.export.bit_depth,
             "sha256": encoded.sha256,
-            "peak_dbfs": encoded.peak_dbfs,
+            # -inf for digital silence, which JSON cannot hold: None, as in the quality record
+            "peak_dbfs": encoded.peak_dbfs if math.isfinite(encoded.peak_dbfs) else None,
         },
         "seeds": {"left": result.seed, "right": result.right_seed},
         "seed": result.seed,
