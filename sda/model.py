@@ -19,6 +19,7 @@ loading a stranger's checkpoint never runs code from it. It holds a dict:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -163,6 +164,15 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return self.vae.mel_mean.device
+
+    def decoding_copy(self, device: torch.device, dtype: torch.dtype) -> MelVAE:
+        """A copy of the VAE on `device` in `dtype` for decoding, made once per model and
+        reused by every pipeline (every job of a multirun) that asks for the same pair."""
+        cache = self.__dict__.setdefault("_decoders", {})
+        key = (str(torch.device(device)), dtype)
+        if key not in cache:
+            cache[key] = copy.deepcopy(self.vae).to(device, dtype).eval().requires_grad_(False)
+        return cache[key]
 
 
 def checkpoint_record(

@@ -13,7 +13,6 @@ pipeline's device. An item's audio depends only on its seed and the config, neve
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -133,7 +132,7 @@ class GenerationPipeline:
         self.config = config
         self.device = torch.device(device) if device is not None else config.resolved_device()
         self.model = model
-        self.decoder = copy.deepcopy(model.vae).to(self.device, DECODE_DTYPE).eval()
+        self.decoder = model.decoding_copy(self.device, DECODE_DTYPE)
         self.settings = model.settings
         if self.settings.sample_rate != INTERNAL_SAMPLE_RATE:
             raise CheckpointError(

@@ -481,3 +481,19 @@ def test_python_api_renders_and_saves_without_hydra(tmp_path):
     assert result.frames == SR and result.channels == 1
     assert verify_output(saved.sidecar_path).ok
     assert saved.audio_path.parent == tmp_path and saved.audio_path.suffix == ".wav"
+
+
+def test_pipelines_of_one_model_share_decoder_filterbanks_and_resamplers(tiny):
+    # A multirun builds one pipeline per job: the expensive parts must be built once per process.
+    from sda.dsp.phase import mel_pseudo_inverse
+    from sda.dsp.resample import get_resampler
+
+    first = GenerationPipeline(tiny, make_config(chunking="crossfade", sample_rate=44100))
+    second = GenerationPipeline(tiny, make_config(chunking="latent_interp", sample_rate=44100))
+    assert first.decoder is second.decoder
+    assert first.decoder is not tiny.vae and next(first.decoder.parameters()).dtype == torch.float64
+    assert mel_pseudo_inverse(tiny.settings, "cpu") is mel_pseudo_inverse(tiny.settings, "cpu")
+    first.generate([1])
+    resampler = get_resampler(48000, 44100, "cpu", torch.float32)
+    second.generate([2])
+    assert get_resampler(48000, 44100, "cpu", torch.float32) is resampler
