@@ -108,8 +108,8 @@ def anti_alias(
     The signal is reflect-padded by half the filter length at both ends before the FFT convolution:
     zero padding would make the filter average the first and last few milliseconds with silence,
     a level dip of up to 6 dB at the ends. Reflection continues the local waveform instead
-    (inputs shorter than half the filter repeat their end samples). Half-precision input is
-    filtered in float32 and cast back.
+    (inputs shorter than half the filter repeat their end samples). The work is done in float64
+    and cast back to the input's dtype.
     """
     kernel_taps = design_lowpass(sample_rate, passband_hz, stopband_hz).numel()
     half = (kernel_taps - 1) // 2
@@ -117,7 +117,10 @@ def anti_alias(
     samples = shape[-1]
     if samples == 0:
         return audio
-    work_dtype = audio.dtype if audio.dtype in (torch.float32, torch.float64) else torch.float32
+    # float64 whatever the input: the batched FFT's rounding depends on the batch size (its
+    # vectorised paths differ), and float64 results rounded back to float32 do not, so an item
+    # filters to the same samples alone or in a batch.
+    work_dtype = torch.float64
     flat = audio.reshape(-1, 1, samples).to(work_dtype)
     pad_mode = "reflect" if samples > half else "replicate"
     padded = torch.nn.functional.pad(flat, (half, half), mode=pad_mode)
