@@ -16,6 +16,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from sda.errors import SdaError
+from sda.report import write_report
 from sda.runner import OUTCOME_FILE
 
 log = logging.getLogger("sda.run")
@@ -59,6 +61,10 @@ def _finish(folder: Path, job_dirs: list[Path]) -> None:
         (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     except OSError as error:
         log.error("could not write %s: %s", folder / "summary.json", error)
+    try:
+        write_report(folder, job_dirs)
+    except (OSError, SdaError) as error:  # a report that cannot be written must not fail the sweep
+        log.error("could not write the report (manifest.csv, index.html) in %s: %s", folder, error)
     line = (
         f"sda: {summary['done']} done / {summary['skipped']} skipped / {summary['failed']} failed"
         f" in {summary['jobs']} job{'s' if summary['jobs'] != 1 else ''}"

@@ -12,15 +12,21 @@ import re
 import sys
 import typing
 from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser
+from hydra import compose, version
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path, get_args_parser
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from sda.config import register_configs
 from sda.errors import ConfigError, SdaError
@@ -97,10 +103,29 @@ def _compose(config_name: str, overrides: Sequence[str], schema: type, return_hy
         raise translate_error(error, schema, overrides) from None
 
 
-def compose_config(config_name: str, overrides: Sequence[str], schema: type) -> DictConfig:
+@contextmanager
+def initialized(config_dir: str | Path | None = None) -> Iterator[None]:
+    """Hydra initialised with the search path `@hydra.main` builds: conf/, plus `config_dir`
+    (`--config-dir`) prepended, as Hydra does, so its configs can include and override conf/'s."""
+    backup = get_gh_backup()
+    version.setbase("1.3")
+    search_path = create_config_search_path(str(CONF_DIR))
+    if config_dir is not None:
+        folder = Path(config_dir).expanduser().absolute()
+        if not folder.is_dir():
+            raise ConfigError("--config-dir", str(config_dir), "an existing folder of configs (such as jobs/)")
+        search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    Hydra.create_main_hydra2(task_name="app", config_search_path=search_path)
+    try:
+        yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def compose_config(config_name: str, overrides: Sequence[str], schema: type, config_dir: str | Path | None = None) -> DictConfig:
     """Compose a config outside @hydra.main (tests and pre-flight). Raises ConfigError."""
     register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with initialized(config_dir):
         return _compose(config_name, overrides, schema)
 
 
@@ -122,25 +147,36 @@ def split_sweep(overrides: Sequence[str]) -> list[list[str]]:
     return points
 
 
-def preflight(
+@dataclass
+class Plan:
+    """What pre-flight found: every point's validated config, in Hydra's job order, and where
+    the outputs go (the run folder, or the sweep folder of a multirun), relative to the cwd."""
+
+    configs: list[Any]
+    multirun: bool
+    output_dir: Path
+
+
+def plan(
     config_name: str,
     overrides: Sequence[str],
     multirun: bool,
     schema: type,
     convert: Callable[[DictConfig], Any],
     fast_keys: dict[str, Callable[[Any, str], Any]] | None = None,
-) -> list[Any]:
-    """Compose and validate every point before anything runs; return the validated configs.
-
-    A sweep over thousands of seeds must not cost thousands of compositions: points that differ
-    only in a `fast_keys` key are composed once, and that key is checked by the given function
-    (which receives the validated config and the raw value and returns the re-validated config)."""
+    config_dir: str | Path | None = None,
+) -> Plan:
+    """Compose and validate every point before anything runs (see `preflight`). A config that
+    sets `hydra.mode: MULTIRUN` (a named job) is a multirun without `-m`, as in Hydra."""
     register_configs()
     fast_keys = fast_keys or {}
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with initialized(config_dir):
+        base = _compose(config_name, [o for o in overrides if not _is_sweep(o)], schema, return_hydra_config=True)
+        multirun = multirun or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN
+        output_dir = _output_dir(base, multirun)
         if not multirun:
-            return [convert(_compose(config_name, overrides, schema))]
-        base = _compose(config_name, overrides=[o for o in overrides if not _is_sweep(o)], schema=schema, return_hydra_config=True)
+            single = base if not any(_is_sweep(o) for o in overrides) else _compose(config_name, overrides, schema)
+            return Plan([convert(single)], False, output_dir)
         sweeper_params = OmegaConf.select(base, "hydra.sweeper.params") or {}
         arguments = [f"{k}={v}" for k, v in sweeper_params.items()] + list(overrides)
         points = split_sweep(arguments)
@@ -156,7 +192,35 @@ def preflight(
                 key, value = item.split("=", 1)
                 config = fast_keys[key](config, value)
             validated.append(config)
-        return validated
+        return Plan(validated, True, output_dir)
+
+
+def _output_dir(cfg: DictConfig, multirun: bool) -> Path:
+    """The run or sweep folder, resolved as far as composition allows: a folder named with
+    `${hydra:runtime...}` is only known once Hydra runs, so its known leading part stands in."""
+    node = cfg.hydra.sweep if multirun else cfg.hydra.run
+    try:
+        return Path(str(node.dir))
+    except OmegaConfBaseException:
+        known = str(OmegaConf.to_container(node, resolve=False)["dir"]).split("${", 1)[0]
+        return Path(known) if known.endswith("/") else Path(known).parent
+
+
+def preflight(
+    config_name: str,
+    overrides: Sequence[str],
+    multirun: bool,
+    schema: type,
+    convert: Callable[[DictConfig], Any],
+    fast_keys: dict[str, Callable[[Any, str], Any]] | None = None,
+    config_dir: str | Path | None = None,
+) -> list[Any]:
+    """Compose and validate every point before anything runs; return the validated configs.
+
+    A sweep over thousands of seeds must not cost thousands of compositions: points that differ
+    only in a `fast_keys` key are composed once, and that key is checked by the given function
+    (which receives the validated config and the raw value and returns the re-validated config)."""
+    return plan(config_name, overrides, multirun, schema, convert, fast_keys, config_dir).configs
 
 
 def _is_sweep(override: str) -> bool:
@@ -169,6 +233,12 @@ def _is_sweep(override: str) -> bool:
 def parse_command_line(argv: Sequence[str]) -> Any:
     """Hydra's own argument parser, so pre-flight reads the command line exactly as Hydra will."""
     return get_args_parser().parse_args(list(argv))
+
+
+def config_name_of(args: Any, default: str) -> str:
+    """The primary config's name: `--config-name` (`-cn`) or the entry point's default."""
+    name = getattr(args, "config_name", None) or default
+    return name[: -len(".yaml")] if name.endswith(".yaml") else name
 
 
 def is_info_request(args: Any) -> bool:

@@ -18,6 +18,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -265,12 +266,17 @@ class GenerationConfig(Sealed):
 
 @dataclass(unsafe_hash=True)
 class RunConfig(GenerationConfig):
-    """The primary config of `python -m sda.run`: a GenerationConfig plus how to run it."""
+    """The primary config of `python -m sda.run`: a GenerationConfig plus how to run it.
+
+    `reproduce`: the sidecar (.json) of an output to make again; `python -m sda.run` turns it into
+    overrides before composing (see sda.run), and the job compares what it made with it."""
 
     reproduce: Optional[str] = None
 
     def validate(self) -> None:
         super().validate()
+        if self.reproduce is not None and not Path(self.reproduce).expanduser().is_file():
+            raise ConfigError("reproduce", self.reproduce, "the path of an output's sidecar .json (file not found)")
 
 
 def with_seed(config: GenerationConfig, value: str) -> GenerationConfig:

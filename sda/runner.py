@@ -1,18 +1,24 @@
 """One job of `sda.run`: a validated RunConfig and an output folder in, files and an outcome out.
 
-- Stale temporary files from a killed process are removed first.
+- Stale temporary files from a killed process are removed first, and so are sidecars whose
+  audio file is missing (sda writes the sidecar first: a process killed between the two writes
+  leaves one behind).
 - Outputs already in the folder are checked (`verify_output`); a verified output with the same
   identity is skipped, so rerunning a job into its folder makes only what is missing or broken.
+  Other outputs that fail verification (a checksum mismatch: an edited file) are left alone.
 - Seeds are processed in batches at fixed positions of the job's seed list, and a batch is
   regenerated whole when any item of it is missing: a resumed batch then computes exactly what
   the uninterrupted one did, so its files are byte-identical on the CPU.
 - One failing item (an exception, non-finite or silent audio) is recorded with its reason and
   never written as a finished file; the others go on. A job never raises and never exits:
   its outcome is returned and written to `outcome.json`.
+- Progress: a tqdm bar over the items when stderr is a terminal (nothing otherwise, so cron
+  mail and log files stay clean), and one log line per file written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -23,10 +29,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sda.config import GenerationConfig
 from sda.errors import OutputError, SdaError
@@ -38,6 +50,7 @@ from sda.pipeline import GenerationPipeline, GenerationResult
 log = logging.getLogger("sda.run")
 
 OUTCOME_FILE = "outcome.json"
+LOCK_FILE = ".sda.lock"
 SILENT_PEAK_DBFS = -60.0
 
 
@@ -82,12 +95,19 @@ def _load_cached(path: str, mtime_ns: int, size: int, device: str) -> LoadedMode
     return load_model(path, device)
 
 
-def get_model(checkpoint: str, device: torch.device, base_dir: Path) -> LoadedModel:
-    """The model for a checkpoint name or path, loaded once per process (a changed file on disk
-    is loaded again)."""
+def checkpoint_path(checkpoint: str, base_dir: Path) -> Path:
+    """Where `model.checkpoint` points: a bare name is `base_dir/models/NAME.pt`, else the model
+    shipped inside the package; a relative path is relative to `base_dir` (the launch folder)."""
     path = resolve_checkpoint(checkpoint, [base_dir / "models"])
     if not path.is_absolute() and ("/" in checkpoint or checkpoint.endswith(".pt")):
         path = base_dir / path
+    return path
+
+
+def get_model(checkpoint: str, device: torch.device, base_dir: Path) -> LoadedModel:
+    """The model for a checkpoint name or path, loaded once per process (a changed file on disk
+    is loaded again)."""
+    path = checkpoint_path(checkpoint, base_dir)
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -97,12 +117,16 @@ def get_model(checkpoint: str, device: torch.device, base_dir: Path) -> LoadedMo
 
 def verified_outputs(folder: Path) -> dict[str, Path]:
     """identity -> sidecar path for every output in `folder` whose audio matches its sidecar.
-    Outputs that fail verification are logged and left where they are (never deleted)."""
+    A sidecar whose audio file is missing is deleted (an interrupted write, see the module
+    docstring); other outputs that fail verification are logged and left where they are."""
     found: dict[str, Path] = {}
     for sidecar in sorted(folder.glob("gen_*.json")):
         check = verify_output(sidecar)
         if check.ok and check.record is not None and "identity" in check.record:
             found[check.record["identity"]] = sidecar
+        elif check.record is not None and check.audio_path is not None and not check.audio_path.exists():
+            sidecar.unlink(missing_ok=True)
+            log.info("removed %s: its audio file was never written (an interrupted run)", sidecar.name)
         else:
             log.warning("not counted as done: %s (%s)", sidecar.name, check.reason)
     return found
@@ -115,6 +139,38 @@ def _failure_reason(result: GenerationResult) -> str | None:
     if metrics.peak_dbfs is None or metrics.peak_dbfs < SILENT_PEAK_DBFS or metrics.rms_dbfs is None:
         return f"silent audio (peak {metrics.peak_dbfs} dBFS)"
     return None
+
+
+def _nearest_existing(folder: Path) -> Path:
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_output_folder(folder: Path, needed_bytes: int = 0) -> None:
+    """Raise a one-line OutputError unless `folder` can be created (or exists) and written, and
+    its file system has `needed_bytes` free. Creates nothing: pre-flight calls this before any
+    job starts. Audio already in the folder (a resumed run) is subtracted from `needed_bytes`."""
+    folder = Path(folder)
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise OutputError(f"cannot create output folder {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == folder.absolute():
+            raise OutputError(f"output folder {folder} is not writable")
+        raise OutputError(f"cannot create output folder {folder}: {existing} is not writable")
+    if folder.is_dir():
+        needed_bytes -= sum(p.stat().st_size for p in folder.rglob("gen_*") if p.suffix != ".json" and p.is_file())
+    free = shutil.disk_usage(existing).free
+    if needed_bytes > free:
+        raise OutputError(
+            f"not enough disk space for {folder}: the outputs need about {_size(needed_bytes)}, {_size(free)} free"
+        )
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
 
 
 def _check_writable(folder: Path) -> None:
@@ -151,15 +207,59 @@ def run_job(
     output_dir = Path(output_dir)
     base_dir = Path(base_dir or Path.cwd())
     outcome = JobOutcome(output_dir=str(output_dir), overrides=list(overrides))
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_folder(output_dir))
+        except SdaError as error:  # not writable, or another process owns it: leave the folder alone
+            outcome.error = str(error)
+            log.error("%s", error)
+            return outcome
+        try:
+            _run(config, output_dir, base_dir, outcome, extra_sidecar, show_progress)
+        except SdaError as error:
+            outcome.error = str(error)
+            log.error("%s", error)
+        except Exception as error:  # a job must end with its outcome recorded, whatever broke
+            outcome.error = f"{type(error).__name__}: {error}"
+            log.exception("job failed")
+        outcome.elapsed_s = time.perf_counter() - started
+        write_outcome(outcome)
+    return outcome
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (made if missing) for one job. Two processes resuming
+    the same folder at once (a scheduled retry while the night's run still goes on) would both
+    make the missing outputs; the second is refused instead. Raises a one-line OutputError."""
+    _check_writable(folder)
+    if fcntl is None:  # no advisory locks on this platform
+        yield
+        return
     try:
-        _run(config, output_dir, base_dir, outcome, extra_sidecar, show_progress)
-    except SdaError as error:
-        outcome.error = str(error)
-        log.error("%s", error)
-    except Exception as error:  # a job must end with its outcome recorded, whatever broke
-        outcome.error = f"{type(error).__name__}: {error}"
-        log.exception("job failed")
-    outcome.elapsed_s = time.perf_counter() - started
+        handle = open(folder / LOCK_FILE, "a+")
+    except OSError as error:
+        raise OutputError(f"cannot write into {folder}: {error.strerror or error}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise OutputError(f"another sda process (pid {holder}) is writing into {folder}; let it finish or stop it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_outcome(outcome: JobOutcome) -> None:
+    """Record a job's outcome in its folder as outcome.json (what the sweep summary reads)."""
+    output_dir = Path(outcome.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         target = output_dir / OUTCOME_FILE
@@ -168,7 +268,6 @@ def run_job(
     except (OSError, SdaError) as error:
         log.error("could not record the job outcome in %s: %s", output_dir, error)
     log.info("%s: %s", output_dir, outcome.summary())
-    return outcome
 
 
 def _run(
@@ -179,57 +278,55 @@ def _run(
     extra_sidecar: dict[str, Any] | None,
     show_progress: bool | None,
 ) -> None:
-    _check_writable(output_dir)
     for stale in remove_stale_temporaries(output_dir):
         log.info("removed stale temporary file %s", stale.name)
-    free = shutil.disk_usage(output_dir).free
-    needed = estimate_output_bytes(config)
-    if needed > free:
-        raise OutputError(
-            f"not enough disk space in {output_dir}: this job needs about {needed / 1e6:.0f} MB, {free / 1e6:.0f} MB free"
-        )
+    check_output_folder(output_dir, estimate_output_bytes(config))
     device = config.resolved_device()
     model = get_model(config.model.checkpoint, device, base_dir)
     pipeline = GenerationPipeline(model, config, device)
     existing = verified_outputs(output_dir)
     identities = {seed: output_identity(config, seed, model.sha256) for seed in config.seeds}
 
-    progress = tqdm(
-        total=len(identities),
-        desc=output_dir.name,
-        unit="file",
-        disable=(not sys.stderr.isatty()) if show_progress is None else not show_progress,
-        dynamic_ncols=True,
-    )
-    for batch in _plan_batches(config.seeds, pipeline.batch_size):
-        missing = [seed for seed in batch if identities[seed] not in existing]
-        for seed in batch:
-            if seed not in missing:
-                sidecar = existing[identities[seed]]
-                outcome.items.append(_skipped_item(seed, identities[seed], sidecar))
-        progress.update(len(batch) - len(missing))
-        if not missing:
+    show = sys.stderr.isatty() if show_progress is None else show_progress
+    with tqdm(total=len(identities), desc=output_dir.name, unit="file", disable=not show, dynamic_ncols=True) as progress:
+        # On a terminal, log lines are written above the bar instead of breaking it.
+        with logging_redirect_tqdm() if show else contextlib.nullcontext():
+            for batch in _plan_batches(config.seeds, pipeline.batch_size):
+                _run_batch(batch, pipeline, existing, identities, output_dir, outcome, extra_sidecar)
+                progress.update(len(batch))
+
+
+def _run_batch(
+    batch: list[int],
+    pipeline: GenerationPipeline,
+    existing: dict[str, Path],
+    identities: dict[int, str],
+    output_dir: Path,
+    outcome: JobOutcome,
+    extra_sidecar: dict[str, Any] | None,
+) -> None:
+    """Skip the verified items of a batch, generate the others, write those that pass."""
+    missing = [seed for seed in batch if identities[seed] not in existing]
+    for seed in batch:
+        if seed not in missing:
+            outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]]))
+    if not missing:
+        return
+    for result in _generate_isolated(pipeline, batch, missing, identities, outcome):
+        reason = _failure_reason(result)
+        if reason:
+            outcome.items.append(ItemOutcome(result.seed, identities[result.seed], "failed", reason))
+            log.error("seed %d failed: %s", result.seed, reason)
             continue
-        for result in _generate_isolated(pipeline, batch, missing, identities, outcome):
-            reason = _failure_reason(result)
-            if reason:
-                outcome.items.append(ItemOutcome(result.seed, identities[result.seed], "failed", reason))
-                log.error("seed %d failed: %s", result.seed, reason)
-                progress.update(1)
-                continue
-            saved = save_result(result, output_dir, extra_sidecar)
-            metrics = result.metrics
-            outcome.items.append(
-                ItemOutcome(
-                    result.seed, saved.identity, "done", "", saved.audio_path.name, saved.sidecar_path.name,
-                    metrics.rating, metrics.peak_dbfs, metrics.loudness_lufs,
-                )
+        saved = save_result(result, output_dir, extra_sidecar)
+        metrics = result.metrics
+        outcome.items.append(
+            ItemOutcome(
+                result.seed, saved.identity, "done", "", saved.audio_path.name, saved.sidecar_path.name,
+                metrics.rating, metrics.peak_dbfs, metrics.loudness_lufs,
             )
-            log.info(
-                "wrote %s (%s: %s)", saved.audio_path.name, metrics.rating, metrics.rating_reason
-            )
-            progress.update(1)
-    progress.close()
+        )
+        log.info("wrote %s (%s: %s)", saved.audio_path.name, metrics.rating, metrics.rating_reason)
 
 
 def _skipped_item(seed: int, identity: str, sidecar: Path) -> ItemOutcome:
