@@ -142,10 +142,54 @@ def longest_runs(mask: torch.Tensor) -> torch.Tensor:
     return longest.scatter_reduce(0, starts[:, 0], runs, reduce="amax")
 
 
+# BS.1770 gating blocks, and how the K-weighting is applied to a long signal: in segments of
+# LOUDNESS_SEGMENT_BLOCKS blocks, each filtered from LOUDNESS_WARMUP_S earlier so the filters'
+# start-up (time constants of a few ms) has died away; memory then stays flat for 600 s files.
+GATE_S = 0.4
+GATE_OVERLAP = 0.75
+LOUDNESS_SEGMENT_BLOCKS = 600
+LOUDNESS_WARMUP_S = 0.5
+CHANNEL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)
+
+
+def k_weighted_block_energies(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Mean square of the K-weighted signal in each 400 ms block (75 % overlap): `[B, C, N]` ->
+    `[B, C, blocks]`. Audio must lie within [-1, 1] (torchaudio's biquads clamp their output)."""
+    gate = round(GATE_S * sample_rate)
+    step = round(gate * (1 - GATE_OVERLAP))
+    blocks = (audio.shape[-1] - gate) // step + 1
+    warmup = round(LOUDNESS_WARMUP_S * sample_rate)
+    energies = []
+    for first in range(0, blocks, LOUDNESS_SEGMENT_BLOCKS):
+        last = min(blocks, first + LOUDNESS_SEGMENT_BLOCKS)
+        start, end = first * step, (last - 1) * step + gate
+        lead = min(warmup, start)
+        x = audio[..., start - lead : end]
+        x = torchaudio.functional.treble_biquad(x, sample_rate, 4.0, 1500.0, 1 / math.sqrt(2))
+        x = torchaudio.functional.highpass_biquad(x, sample_rate, 38.0, 0.5)
+        energies.append(x[..., lead:].square().unfold(-1, gate, step).mean(dim=-1))
+    return torch.cat(energies, dim=-1)
+
+
+def gated_loudness(energies: torch.Tensor) -> torch.Tensor:
+    """BS.1770 integrated loudness `[B]` in LUFS from block energies `[B, C, blocks]`: absolute
+    gate at -70 LUFS, then a relative gate 10 LU below the absolutely gated loudness."""
+    weights = torch.tensor(CHANNEL_WEIGHTS[: energies.shape[-2]], dtype=energies.dtype, device=energies.device)
+    block_loudness = -0.691 + 10 * torch.log10((weights[:, None] * energies).sum(dim=-2))
+    gated = block_loudness > -70.0
+
+    def loudness_of(mask: torch.Tensor) -> torch.Tensor:
+        mean_energy = (mask[:, None, :] * energies).sum(dim=-1) / mask.sum(dim=-1, keepdim=True)
+        return -0.691 + 10 * torch.log10((weights * mean_energy).sum(dim=-1))
+
+    relative = loudness_of(gated) - 10.0
+    return loudness_of(gated & (block_loudness > relative[:, None]))
+
+
 def integrated_loudness(audio: torch.Tensor, sample_rate: int, peaks: torch.Tensor) -> torch.Tensor:
     """BS.1770 loudness `[B]` in LUFS of `[B, C, N]` audio (NaN where undefined), clamp-safe."""
     headroom = torch.where(peaks > LOUDNESS_PEAK_LIMIT, LOUDNESS_PEAK_LIMIT / peaks, torch.ones_like(peaks))
-    loudness = torchaudio.functional.loudness(audio * headroom[:, None, None], sample_rate)
+    loudness = gated_loudness(k_weighted_block_energies(audio * headroom[:, None, None], sample_rate))
     return loudness - 20.0 * torch.log10(headroom)
 
 

@@ -201,3 +201,18 @@ def test_a_lone_click_in_silence_is_red_for_silent_frames():
 def test_small_dc_offset_rates_yellow():
     m = measure_quality((with_gaps(sine(440.0, 2.0, -3.0)) + 0.02)[None], SAMPLE_RATE)
     assert (m.rating, m.rating_reason) == ("yellow", "dc offset: 0.020 (limit 0.01)")
+
+
+def test_segmented_loudness_equals_torchaudios_whole_signal_loudness(monkeypatch):
+    # Long files are K-weighted in segments (flat memory); the gated loudness must not change.
+    import torchaudio
+
+    import sda.dsp.quality as quality
+
+    g = torch.Generator().manual_seed(5)
+    audio = 0.05 * torch.randn(2, 2, 5 * 48000, generator=g)
+    audio[1] *= torch.linspace(0, 1, audio.shape[-1])  # a fade-in: the relative gate matters
+    monkeypatch.setattr(quality, "LOUDNESS_SEGMENT_BLOCKS", 7)
+    ours = quality.gated_loudness(quality.k_weighted_block_energies(audio, 48000))
+    reference = torchaudio.functional.loudness(audio, 48000)
+    assert torch.allclose(ours, reference, atol=1e-3)
