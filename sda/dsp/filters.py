@@ -22,6 +22,9 @@ PASSBAND_RIPPLE_DB = 0.0011
 STOPBAND_ATTENUATION_DB = 79.6
 
 
+# Output samples per FFT segment of the anti-alias filter (about 40 MB of float64 work).
+SEGMENT_SAMPLES = 1 << 20
+
 def kaiser_beta(attenuation_db: float) -> float:
     """Kaiser window shape parameter for a stopband attenuation (Kaiser's empirical formula)."""
     if attenuation_db > 50.0:
@@ -117,18 +120,24 @@ def anti_alias(
     samples = shape[-1]
     if samples == 0:
         return audio
-    # float64 whatever the input: the batched FFT's rounding depends on the batch size (its
-    # vectorised paths differ), and float64 results rounded back to float32 do not, so an item
-    # filters to the same samples alone or in a batch.
-    work_dtype = torch.float64
-    flat = audio.reshape(-1, 1, samples).to(work_dtype)
+    flat = audio.reshape(-1, 1, samples)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
     pad_mode = "reflect" if samples > half else "replicate"
     padded = torch.nn.functional.pad(flat, (half, half), mode=pad_mode)
-    # Circular convolution of size >= padded length wraps only into the first 2*half outputs,
-    # which the crop below discards, so no extra zero padding is needed.
-    fft_size = fast_fft_size(padded.shape[-1])
-    spectrum = lowpass_spectrum(sample_rate, passband_hz, stopband_hz, fft_size, str(audio.device), work_dtype)
-    filtered = torch.fft.irfft(torch.fft.rfft(padded, n=fft_size) * spectrum, n=fft_size)
-    # Output sample i sits at i + half (padding) + half (filter centre) in the full convolution.
-    centred = filtered[..., 2 * half : 2 * half + samples]
-    return centred.reshape(shape).to(audio.dtype)
+    # Overlap-save in segments of SEGMENT_SAMPLES outputs, so a 600 s render never holds its whole
+    # spectrum. The work is float64 whatever the input: the batched FFT's rounding depends on the
+    # batch size (its vectorised paths differ), and float64 results rounded back to float32 do
+    # not, so an item filters to the same samples alone or in a batch. A circular convolution of
+    # size >= segment + 2*half wraps only into the first 2*half outputs, which are discarded.
+    segment = min(samples, SEGMENT_SAMPLES)
+    fft_size = fast_fft_size(segment + 2 * half)
+    spectrum = lowpass_spectrum(sample_rate, passband_hz, stopband_hz, fft_size, str(audio.device), torch.float64)
+    out = torch.empty(flat.shape, dtype=audio.dtype if audio.dtype.is_floating_point else torch.float32, device=audio.device)
+    for start in range(0, samples, segment):
+        n = min(segment, samples - start)
+        piece = padded[..., start : start + n + 2 * half].double()
+        filtered = torch.fft.irfft(torch.fft.rfft(piece, n=fft_size) * spectrum, n=fft_size)
+        # Output sample i sits at i + half (padding) + half (filter centre) in the full convolution.
+        out[..., start : start + n] = filtered[..., 2 * half : 2 * half + n]
+    return out.reshape(shape).to(audio.dtype)
