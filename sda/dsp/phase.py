@@ -76,6 +76,10 @@ def pghi_phase(magnitude: torch.Tensor, settings: SpectrogramSettings) -> torch.
     return torch.remainder(phase - math.pi * bins, 2 * math.pi)
 
 
+# Frames per block of the locked start (bounded memory for long spectrograms).
+LOCKED_BLOCK_FRAMES = 4096
+
+
 def _peak_of_each_bin(magnitude: torch.Tensor) -> torch.Tensor:
     """For `[..., F]` magnitudes, the index of the local maximum each bin climbs to: the
     nearest peak on its uphill side (a peak is its own target)."""
@@ -100,29 +104,37 @@ def locked_phase(magnitude: torch.Tensor, settings: SpectrogramSettings) -> torc
     from parabolic interpolation of the log-magnitude around the peak; every bin in a peak's
     region takes the peak's phase (window-centred reference), so a partial's bins start
     coherent, which independent per-bin integration cannot guarantee. Sequential over frames,
-    vectorised over everything else."""
+    vectorised over everything else, and worked through LOCKED_BLOCK_FRAMES frames at a time
+    (carrying the last frame's phase, peaks and frequencies) so a 600 s spectrogram does not
+    need gigabytes of per-frame index tensors; the result does not depend on the block size."""
     n_fft, hop = settings.n_fft, settings.hop_length
-    mag = magnitude.reshape(-1, *magnitude.shape[-2:]).transpose(-1, -2).contiguous()  # [items, T, F]
-    log_mag = torch.log(mag + _EPS * (mag.amax(dim=(-2, -1), keepdim=True) + _EPS))
-    below = torch.nn.functional.pad(log_mag[..., :-1], (1, 0), mode="replicate")
-    above = torch.nn.functional.pad(log_mag[..., 1:], (0, 1), mode="replicate")
-    curvature = below - 2 * log_mag + above
-    offset = torch.where(curvature < -1e-9, 0.5 * (below - above) / curvature.clamp(max=-1e-9), torch.zeros_like(log_mag))
-    bins = torch.arange(mag.shape[-1], device=mag.device, dtype=mag.dtype)
-    frequency = (bins + offset.clamp(-0.5, 0.5)) / n_fft  # cycles per sample, valid at peaks
-    peaks = _peak_of_each_bin(mag)  # [items, T, F]
-
-    # Per frame: the peak each bin belongs to, where that peak came from, and the phase advance.
-    origin = torch.empty_like(peaks)
-    origin[:, 1:] = peaks[:, :-1].gather(-1, peaks[:, 1:])
-    origin[:, 0] = peaks[:, 0]
-    advance = torch.zeros_like(mag)
-    advance[:, 1:] = (math.pi * hop) * (frequency[:, :-1].gather(-1, origin[:, 1:]) + frequency[:, 1:].gather(-1, peaks[:, 1:]))
-    frames = list(torch.zeros_like(mag).unbind(1))
-    for n in range(1, mag.shape[1]):
-        frames[n] = torch.remainder(frames[n - 1].gather(-1, origin[:, n]) + advance[:, n], 2 * math.pi)
-    phase = torch.stack(frames, dim=-1).reshape(magnitude.shape)
-    return torch.remainder(phase - math.pi * bins.unsqueeze(-1), 2 * math.pi)
+    items = magnitude.reshape(-1, *magnitude.shape[-2:])  # [items, F, T]
+    floor = _EPS * (items.amax(dim=(-2, -1), keepdim=True) + _EPS)  # [items, 1, 1]
+    bins = torch.arange(items.shape[-2], device=items.device, dtype=items.dtype)
+    out = torch.empty_like(items)
+    carried: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # phase, peaks, frequency
+    for t0 in range(0, items.shape[-1], LOCKED_BLOCK_FRAMES):
+        mag = items[..., t0 : t0 + LOCKED_BLOCK_FRAMES].transpose(-1, -2).contiguous()  # [items, t, F]
+        log_mag = torch.log(mag + floor)
+        below = torch.nn.functional.pad(log_mag[..., :-1], (1, 0), mode="replicate")
+        above = torch.nn.functional.pad(log_mag[..., 1:], (0, 1), mode="replicate")
+        curvature = below - 2 * log_mag + above
+        offset = torch.where(curvature < -1e-9, 0.5 * (below - above) / curvature.clamp(max=-1e-9), torch.zeros_like(log_mag))
+        del log_mag, below, above, curvature
+        frequency = (bins + offset.clamp(-0.5, 0.5)) / n_fft  # cycles per sample, valid at peaks
+        peaks = _peak_of_each_bin(mag)  # [items, t, F]
+        frames: list[torch.Tensor] = []
+        for n in range(mag.shape[1]):
+            if n == 0 and carried is None:
+                frames.append(torch.zeros_like(mag[:, 0]))
+                continue
+            last_phase, last_peaks, last_frequency = (frames[-1], peaks[:, n - 1], frequency[:, n - 1]) if n else carried
+            origin = last_peaks.gather(-1, peaks[:, n])  # the peak each bin's peak grew from
+            advance = (math.pi * hop) * (last_frequency.gather(-1, origin) + frequency[:, n].gather(-1, peaks[:, n]))
+            frames.append(torch.remainder(last_phase.gather(-1, origin) + advance, 2 * math.pi))
+        carried = (frames[-1], peaks[:, -1], frequency[:, -1])
+        out[..., t0 : t0 + mag.shape[1]] = torch.stack(frames, dim=-1)
+    return torch.remainder(out - math.pi * bins.unsqueeze(-1), 2 * math.pi).reshape(magnitude.shape)
 
 
 def initial_phase(
@@ -167,12 +179,13 @@ def griffin_lim(
     previous: torch.Tensor | None = None
     for _ in range(iterations):
         rebuilt = stft(istft(magnitude * angles, settings, length), settings)
+        del angles  # in-place updates below: a long spectrogram is hundreds of MB per copy
         if previous is None or momentum == 0.0:
-            angles = rebuilt
+            angles = rebuilt.clone()
         else:
-            angles = rebuilt + momentum * (rebuilt - previous)
+            angles = torch.sub(rebuilt, previous, out=previous).mul_(momentum).add_(rebuilt)
         previous = rebuilt
-        angles = angles / (angles.abs() + 1e-16)
+        angles.div_(angles.abs().add_(1e-16))
     return istft(magnitude * angles, settings, length)
 
 

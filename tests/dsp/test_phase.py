@@ -73,3 +73,15 @@ def test_locked_phase_shape_and_range():
     phase = locked_phase(mag, SETTINGS)
     assert phase.shape == mag.shape
     assert phase.min() >= 0 and phase.max() < 2 * math.pi + 1e-6
+
+
+def test_locked_start_does_not_depend_on_its_block_size(monkeypatch):
+    # Long spectrograms are integrated a block of frames at a time, carrying the last frame over.
+    import sda.dsp.phase as phase
+
+    settings = SpectrogramSettings()
+    g = torch.Generator().manual_seed(2)
+    magnitude = torch.rand(2, settings.n_freqs, 50, generator=g)
+    whole = phase.locked_phase(magnitude, settings)
+    monkeypatch.setattr(phase, "LOCKED_BLOCK_FRAMES", 7)
+    assert torch.equal(phase.locked_phase(magnitude, settings), whole)
