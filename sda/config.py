@@ -203,7 +203,7 @@ class PhaseConfig(Sealed):
 
     KEY: ClassVar[str] = "phase"
     inverse_mel: InverseMel = InverseMel.pinv
-    iterations: int = 32
+    iterations: int = 8
     momentum: float = 0.99
     init: PhaseInit = PhaseInit.locked
 

@@ -47,6 +47,11 @@ STAGES = ("decode", "phase", "dsp")
 # magnitude to 1e-3 in the audio (phases of near-zero bins flip). Rounding float64 results to
 # float32 removes the batch-size dependence, so an item's audio is the same in any batch.
 DECODE_DTYPE = torch.float64
+# Spectrogram frames per Griffin-Lim call (CPU, GPU): on a CPU about 20 one-second windows, the
+# fastest measured (`python -m sda.bench --seeds 1 --duration-s 600`); a GPU takes all it gets.
+PHASE_FRAMES_PER_GROUP = {False: 2048, True: 1 << 22}
+# Latents per decoder pass (CPU, GPU).
+DECODE_GROUP = {False: 128, True: 8192}
 # Generated beyond the requested length at 48 kHz, so the resampled signal always covers the
 # exact frame count; trimmed off at the end.
 MARGIN_SAMPLES = 256
@@ -112,9 +117,12 @@ class StageClock:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Items per batch when `batch_size=0`: large batches only pay off on a GPU; on a CPU, 8
-    keeps memory modest (16 x 10 s stays well under 2 GB) while amortising per-call overhead."""
-    return 64 if device.type == "cuda" else 8
+    """Items per batch when `batch_size=0`. A GPU wants as much work per call as fits (64; an
+    out-of-memory batch is halved). On a CPU one item already brings every chunk of its voices
+    into one decoder pass and one Griffin-Lim call, and larger batches are slower: the
+    spectrograms outgrow the cache and Griffin-Lim becomes memory-bound (measured with
+    `python -m sda.bench --paths default --batch-size N`: 42 audio s/s at 1, 33 at 2, 16 at 8)."""
+    return 64 if device.type == "cuda" else 1
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -140,6 +148,8 @@ class GenerationPipeline:
             )
         check_against_model(config, model)
         self.batch_size = config.batch_size or default_batch_size(self.device)
+        self.phase_frames_per_group = PHASE_FRAMES_PER_GROUP[self.device.type == "cuda"]
+        self.decode_group = DECODE_GROUP[self.device.type == "cuda"]
         self.last_batch_sizes: list[int] = []
 
     # ----------------------------------------------------------------------------------------
@@ -242,21 +252,34 @@ class GenerationPipeline:
         return self._render_latent_interp(voice_seeds, samples, clock)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """One decoder pass over `[N, latent_dim]` -> float32 log-mels `[N, n_mels, frames]`."""
-        return self.decoder.decode(latents.to(DECODE_DTYPE)).float()
+        """Decoder passes over `[N, latent_dim]` -> float32 log-mels `[N, n_mels, frames]`: one
+        pass for a batch's every chunk, split only past `decode_group` latents so a long render
+        never holds every window's float64 activations at once (over 1 GB for 600 s)."""
+        latents = latents.to(DECODE_DTYPE)
+        return torch.cat([self.decoder.decode(part).float() for part in latents.split(self.decode_group)])
 
     def _phase(self, log_mels: torch.Tensor, length: int, generators: list[torch.Generator] | None) -> torch.Tensor:
+        """Log-mels `[N, n_mels, T]` -> audio `[N, length]`, in groups of items whose frames add
+        up to about `phase_frames_per_group`: on a CPU a group that fits in cache runs several
+        times faster, and a long render never holds every window's spectrograms at once.
+        Griffin-Lim treats items independently, so the grouping does not change the audio."""
         phase = self.config.phase
-        magnitude = inverse_mel(decompress(log_mels), self.settings, phase.inverse_mel.value)
-        return griffin_lim(
-            magnitude,
-            self.settings,
-            length=length,
-            iterations=phase.iterations,
-            momentum=phase.momentum,
-            init=phase.init.value,
-            generators=generators,
-        )
+        per_group = max(1, self.phase_frames_per_group // log_mels.shape[-1])
+        pieces = []
+        for start in range(0, log_mels.shape[0], per_group):
+            magnitude = inverse_mel(decompress(log_mels[start : start + per_group]), self.settings, phase.inverse_mel.value)
+            pieces.append(
+                griffin_lim(
+                    magnitude,
+                    self.settings,
+                    length=length,
+                    iterations=phase.iterations,
+                    momentum=phase.momentum,
+                    init=phase.init.value,
+                    generators=generators[start : start + per_group] if generators is not None else None,
+                )
+            )
+        return torch.cat(pieces)
 
     def _phase_generators(self, voice_seeds: Sequence[int], items_per_voice: int) -> list[torch.Generator] | None:
         """Random starting phases, when asked for, come from per-voice generators (drawn in
