@@ -249,3 +249,21 @@ def fail(error: SdaError) -> typing.NoReturn:
     """Print one line and exit with the error's status."""
     print(f"error: {error}", file=sys.stderr)
     sys.exit(error.exit_code)
+
+
+def single_run_main(
+    command: str, config_name: str, schema: type, convert: Callable[[DictConfig], Any], hydra_main: Callable[[], None], failed: list[SdaError]
+) -> None:
+    """The `main` of an entry point that runs one job (sda.train, sda.evaluate): pre-flight the
+    command line, run Hydra, exit with the first recorded failure's status."""
+    args = parse_command_line(sys.argv[1:])
+    if not is_info_request(args):
+        try:
+            if args.multirun:
+                raise SdaError(f"{command} runs one job at a time; drop -m/--multirun")
+            preflight(config_name, args.overrides, False, schema, convert)
+        except SdaError as error:
+            fail(error)
+    hydra_main()
+    if failed:
+        sys.exit(failed[0].exit_code)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -14,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
-from sda.cli import fail, is_info_request, parse_command_line, preflight
+from sda.cli import single_run_main
 from sda.config import EvaluateConfig, register_configs, to_evaluate_config
 from sda.errors import SdaError
 from sda.evaluation import evaluate_model
@@ -43,18 +42,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    args = parse_command_line(argv)
-    if not is_info_request(args):
-        try:
-            if args.multirun:
-                raise SdaError("sda.evaluate runs one evaluation at a time; drop -m/--multirun")
-            preflight("evaluate", args.overrides, False, EvaluateConfig, to_evaluate_config)
-        except SdaError as error:
-            fail(error)
-    _hydra_main()
-    if _FAILED:
-        sys.exit(_FAILED[0].exit_code)
+    single_run_main("sda.evaluate", "evaluate", EvaluateConfig, to_evaluate_config, _hydra_main, _FAILED)
 
 
 if __name__ == "__main__":

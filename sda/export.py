@@ -233,11 +233,13 @@ def _describe(error: OSError, path: Path) -> str:
     return f"cannot write {path}: {error.strerror or error}"
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder; never replaces an
-    existing file. Raises OutputError (one line) on any failure, leaving nothing behind."""
+def write_bytes_atomic(path: Path, data: bytes, replace: bool = False) -> None:
+    """Write `data` to `path` through a temporary file in the same folder. Outputs are never
+    replaced (OutputError if `path` exists); `replace=True` is for files regenerated on every
+    run (the report), which a reader then sees whole, old or new. Raises OutputError (one line)
+    on any failure, leaving nothing behind."""
     path = Path(path)
-    if path.exists():
+    if path.exists() and not replace:
         raise OutputError(f"{path} already exists; sda never overwrites outputs")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -245,7 +247,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if path.exists():
+        if path.exists() and not replace:
             raise OutputError(f"{path} already exists; sda never overwrites outputs")
         os.replace(tmp, path)
         _fsync_folder(path.parent)

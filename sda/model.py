@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from torch import nn
 
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import CheckpointError
+from sda.export import file_sha256
 
 CHECKPOINT_FORMAT = "sda-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -212,14 +212,6 @@ def save_atomic(obj: Any, path: Path) -> None:
 def save_checkpoint(vae: MelVAE, training: dict[str, Any], path: Path) -> Path:
     save_atomic(checkpoint_record(vae, training), Path(path))
     return Path(path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_checkpoint(name_or_path: str, search_dirs: list[Path] | None = None) -> Path:

@@ -33,7 +33,7 @@ from sda.dsp.normalize import enforce_ceiling, peak_normalize
 from sda.dsp.phase import griffin_lim, inverse_mel
 from sda.dsp.quality import QualityMetrics, measure_quality_batch
 from sda.dsp.resample import resample
-from sda.dsp.spectrogram import decompress, frames_for_samples
+from sda.dsp.spectrogram import decompress
 from sda.dsp.stereo import join_dual_seed, mid_side_widen
 from sda.errors import CheckpointError, ConfigError
 from sda.model import LoadedModel

@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import struct
 import zlib
@@ -41,7 +40,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sda.export import EXTENSIONS, verify_output
+from sda.export import EXTENSIONS, verify_output, write_bytes_atomic
 from sda.runner import OUTCOME_FILE
 from sda.seeds import right_seed
 
@@ -145,21 +144,6 @@ def _as_str(value: Any) -> str | None:
 # Files
 
 
-def write_replacing_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a hidden temporary file in the same folder, then
-    `os.replace` (an existing file is replaced whole; a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def png_bytes(rgb: np.ndarray) -> bytes:
     """A PNG file of an `[height, width, 3]` uint8 image (8-bit RGB, filter 0 on every row)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
@@ -242,7 +226,7 @@ def write_spectrogram(audio_path: Path, png_path: Path) -> None:
     frames = min(info.frames, round(SPECTROGRAM_MAX_S * info.samplerate))
     audio, sample_rate = sf.read(str(audio_path), frames=frames, dtype="float32", always_2d=True)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    write_replacing_atomic(png_path, png_bytes(spectrogram_image(audio[:, 0], sample_rate)))
+    write_bytes_atomic(png_path, png_bytes(spectrogram_image(audio[:, 0], sample_rate)), replace=True)
 
 
 def spectrogram_path(job_dir: Path, stem: str, identity: str) -> Path:
@@ -600,7 +584,7 @@ def write_report(folder: Path, job_dirs: list[Path]) -> tuple[Path, Path]:
     folder = Path(folder)
     rows, problems = collect_rows(folder, [Path(d) for d in job_dirs])
     manifest_path, index_path = folder / MANIFEST_FILE, folder / INDEX_FILE
-    write_replacing_atomic(manifest_path, manifest_csv(rows).encode())
-    write_replacing_atomic(index_path, index_html(folder, rows, problems).encode())
+    write_bytes_atomic(manifest_path, manifest_csv(rows).encode(), replace=True)
+    write_bytes_atomic(index_path, index_html(folder, rows, problems).encode(), replace=True)
     log.info("report: %s (%d rows) and %s", index_path, len(rows), manifest_path.name)
     return manifest_path, index_path

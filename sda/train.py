@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import shlex
-import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
-from sda.cli import fail, is_info_request, parse_command_line, preflight
+from sda.cli import single_run_main
 from sda.config import TrainConfig, register_configs, to_train_config
 from sda.errors import SdaError
 from sda.training import train_model
@@ -40,18 +39,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    args = parse_command_line(argv)
-    if not is_info_request(args):
-        try:
-            if args.multirun:
-                raise SdaError("sda.train runs one training at a time; drop -m/--multirun")
-            preflight("train", args.overrides, False, TrainConfig, to_train_config)
-        except SdaError as error:
-            fail(error)
-    _hydra_main()
-    if _FAILED:
-        sys.exit(_FAILED[0].exit_code)
+    single_run_main("sda.train", "train", TrainConfig, to_train_config, _hydra_main, _FAILED)
 
 
 if __name__ == "__main__":

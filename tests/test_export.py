@@ -8,11 +8,9 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 import signal
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
