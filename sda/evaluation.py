@@ -132,7 +132,7 @@ def _rebuild(log_mels: torch.Tensor, settings: SpectrogramSettings, phase: Phase
 
 def evaluate_model(cfg: EvaluateConfig, base_dir: Path) -> Evaluation:
     device = torch.device(cfg.device)
-    model = load_model(_resolve(cfg.model.checkpoint, base_dir), device)
+    model = load_model(resolve_checkpoint(cfg.model.checkpoint, base_dir), device)
     settings = model.settings
     root = Path(cfg.dataset.path).expanduser()
     root = root if root.is_absolute() else base_dir / root
@@ -193,10 +193,3 @@ def evaluate_model(cfg: EvaluateConfig, base_dir: Path) -> Evaluation:
         **versions(),
     }
     return Evaluation(figures=figures, details=details)
-
-
-def _resolve(checkpoint: str, base_dir: Path) -> str:
-    path = resolve_checkpoint(checkpoint, [base_dir / "models"])
-    if not path.is_absolute() and ("/" in checkpoint or checkpoint.endswith(".pt")):
-        path = base_dir / path
-    return str(path)

@@ -214,14 +214,16 @@ def save_checkpoint(vae: MelVAE, training: dict[str, Any], path: Path) -> Path:
     return Path(path)
 
 
-def resolve_checkpoint(name_or_path: str, search_dirs: list[Path] | None = None) -> Path:
-    """A bare name (no '/' and no '.pt') means `models/NAME.pt` in the given folders (by default
-    the current folder's `models/`), then the models shipped inside the package. Anything else is
-    a path."""
+def resolve_checkpoint(name_or_path: str, base_dir: Path | None = None) -> Path:
+    """A bare name (no '/' and no '.pt') means `base_dir/models/NAME.pt`, then the model of that
+    name shipped inside the package. Anything else is a path, relative to `base_dir` (the folder a
+    command was started in; by default the current folder)."""
+    base = Path(base_dir) if base_dir is not None else Path()
     text = str(name_or_path)
     if "/" in text or text.endswith(".pt"):
-        return Path(text).expanduser()
-    for folder in [*(search_dirs or [Path("models")]), PACKAGED_MODELS_DIR]:
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else base / path
+    for folder in (base / "models", PACKAGED_MODELS_DIR):
         candidate = Path(folder) / f"{text}.pt"
         if candidate.is_file():
             return candidate

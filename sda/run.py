@@ -42,7 +42,8 @@ from sda.cli import config_name_of, fail, is_info_request, parse_command_line, p
 from sda.config import RunConfig, register_configs, to_run_config, with_seed
 from sda.errors import ConfigError, SdaError
 from sda.export import read_sidecar
-from sda.runner import JobOutcome, check_output_folder, checkpoint_path, estimate_output_bytes, run_job, write_outcome
+from sda.model import resolve_checkpoint
+from sda.runner import JobOutcome, check_output_folder, estimate_output_bytes, run_job, write_outcome
 
 log = logging.getLogger("sda.run")
 register_configs()
@@ -227,7 +228,7 @@ def check_before_running(argv: Sequence[str]) -> None:
         fast_keys={"seed": with_seed}, config_dir=args.config_dir,
     )
     for checkpoint in sorted({config.model.checkpoint for config in found.configs}):
-        path = checkpoint_path(checkpoint, Path.cwd())
+        path = resolve_checkpoint(checkpoint, Path.cwd())
         if not path.is_file():
             raise ConfigError("model.checkpoint", checkpoint, f"a model name or checkpoint file ({path} does not exist)")
     check_output_folder(found.output_dir, sum(estimate_output_bytes(config) for config in found.configs))

@@ -6,9 +6,8 @@
 - Outputs already in the folder are checked (`verify_output`); a verified output with the same
   identity is skipped, so rerunning a job into its folder makes only what is missing or broken.
   Other outputs that fail verification (a checksum mismatch: an edited file) are left alone.
-- Seeds are processed in batches at fixed positions of the job's seed list, and a batch is
-  regenerated whole when any item of it is missing: a resumed batch then computes exactly what
-  the uninterrupted one did, so its files are byte-identical on the CPU.
+- Only the missing seeds are generated. An item's audio does not depend on the batch it is
+  made in (see sda.pipeline), so a resumed job writes the same bytes as an uninterrupted one.
 - One failing item (an exception, non-finite or silent audio) is recorded with its reason and
   never written as a finished file; the others go on. A job never raises and never exits:
   its outcome is returned and written to `outcome.json`.
@@ -42,7 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sda.config import GenerationConfig
 from sda.errors import OutputError, SdaError
-from sda.export import read_sidecar, remove_stale_temporaries, verify_output, write_bytes_atomic
+from sda.export import Verification, remove_stale_temporaries, verify_output, write_bytes_atomic
 from sda.model import LoadedModel, load_model, resolve_checkpoint
 from sda.outputs import output_identity, save_result
 from sda.pipeline import GenerationPipeline, GenerationResult
@@ -95,19 +94,10 @@ def _load_cached(path: str, mtime_ns: int, size: int, device: str) -> LoadedMode
     return load_model(path, device)
 
 
-def checkpoint_path(checkpoint: str, base_dir: Path) -> Path:
-    """Where `model.checkpoint` points: a bare name is `base_dir/models/NAME.pt`, else the model
-    shipped inside the package; a relative path is relative to `base_dir` (the launch folder)."""
-    path = resolve_checkpoint(checkpoint, [base_dir / "models"])
-    if not path.is_absolute() and ("/" in checkpoint or checkpoint.endswith(".pt")):
-        path = base_dir / path
-    return path
-
-
 def get_model(checkpoint: str, device: torch.device, base_dir: Path) -> LoadedModel:
     """The model for a checkpoint name or path, loaded once per process (a changed file on disk
     is loaded again)."""
-    path = checkpoint_path(checkpoint, base_dir)
+    path = resolve_checkpoint(checkpoint, base_dir)
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -115,15 +105,15 @@ def get_model(checkpoint: str, device: torch.device, base_dir: Path) -> LoadedMo
     return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
 
 
-def verified_outputs(folder: Path) -> dict[str, Path]:
-    """identity -> sidecar path for every output in `folder` whose audio matches its sidecar.
+def verified_outputs(folder: Path) -> dict[str, Verification]:
+    """identity -> verification for every output in `folder` whose audio matches its sidecar.
     A sidecar whose audio file is missing is deleted (an interrupted write, see the module
     docstring); other outputs that fail verification are logged and left where they are."""
-    found: dict[str, Path] = {}
+    found: dict[str, Verification] = {}
     for sidecar in sorted(folder.glob("gen_*.json")):
         check = verify_output(sidecar)
         if check.ok and check.record is not None and "identity" in check.record:
-            found[check.record["identity"]] = sidecar
+            found[check.record["identity"]] = check
         elif check.record is not None and check.audio_path is not None and not check.audio_path.exists():
             sidecar.unlink(missing_ok=True)
             log.info("removed %s: its audio file was never written (an interrupted run)", sidecar.name)
@@ -262,9 +252,7 @@ def write_outcome(outcome: JobOutcome) -> None:
     output_dir = Path(outcome.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        target = output_dir / OUTCOME_FILE
-        target.unlink(missing_ok=True)
-        write_bytes_atomic(target, json.dumps(outcome.to_dict(), indent=2).encode())
+        write_bytes_atomic(output_dir / OUTCOME_FILE, json.dumps(outcome.to_dict(), indent=2).encode(), replace=True)
     except (OSError, SdaError) as error:
         log.error("could not record the job outcome in %s: %s", output_dir, error)
     log.info("%s: %s", output_dir, outcome.summary())
@@ -287,32 +275,31 @@ def _run(
     existing = verified_outputs(output_dir)
     identities = {seed: output_identity(config, seed, model.sha256) for seed in config.seeds}
 
+    missing = [seed for seed in config.seeds if identities[seed] not in existing]
+    for seed in config.seeds:
+        if seed not in missing:
+            outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]]))
+
     show = sys.stderr.isatty() if show_progress is None else show_progress
     with tqdm(total=len(identities), desc=output_dir.name, unit="file", disable=not show, dynamic_ncols=True) as progress:
+        progress.update(len(identities) - len(missing))
         # On a terminal, log lines are written above the bar instead of breaking it.
         with logging_redirect_tqdm() if show else contextlib.nullcontext():
-            for batch in _plan_batches(config.seeds, pipeline.batch_size):
-                _run_batch(batch, pipeline, existing, identities, output_dir, outcome, extra_sidecar)
+            for batch in _plan_batches(missing, pipeline.batch_size):
+                _write_batch(batch, pipeline, identities, output_dir, outcome, extra_sidecar)
                 progress.update(len(batch))
 
 
-def _run_batch(
+def _write_batch(
     batch: list[int],
     pipeline: GenerationPipeline,
-    existing: dict[str, Path],
     identities: dict[int, str],
     output_dir: Path,
     outcome: JobOutcome,
     extra_sidecar: dict[str, Any] | None,
 ) -> None:
-    """Skip the verified items of a batch, generate the others, write those that pass."""
-    missing = [seed for seed in batch if identities[seed] not in existing]
-    for seed in batch:
-        if seed not in missing:
-            outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]]))
-    if not missing:
-        return
-    for result in _generate_isolated(pipeline, batch, missing, identities, outcome):
+    """Generate a batch of missing seeds and write the items that pass."""
+    for result in _generate_isolated(pipeline, batch, identities, outcome):
         reason = _failure_reason(result)
         if reason:
             outcome.items.append(ItemOutcome(result.seed, identities[result.seed], "failed", reason))
@@ -329,30 +316,27 @@ def _run_batch(
         log.info("wrote %s (%s: %s)", saved.audio_path.name, metrics.rating, metrics.rating_reason)
 
 
-def _skipped_item(seed: int, identity: str, sidecar: Path) -> ItemOutcome:
-    record = read_sidecar(sidecar)
+def _skipped_item(seed: int, identity: str, check: Verification) -> ItemOutcome:
+    record = check.record or {}
     quality = record.get("quality", {})
     return ItemOutcome(
-        seed, identity, "skipped", "verified output already present", record["file"]["name"], sidecar.name,
+        seed, identity, "skipped", "verified output already present", record["file"]["name"], check.sidecar_path.name,
         quality.get("rating"), quality.get("peak_dbfs"), quality.get("loudness_lufs"),
     )
 
 
 def _generate_isolated(
     pipeline: GenerationPipeline,
-    batch: list[int],
     missing: list[int],
     identities: dict[int, str],
     outcome: JobOutcome,
 ) -> list[GenerationResult]:
-    """Results for the missing seeds of a batch. The whole batch is generated (see the module
-    docstring); if it raises, each missing seed is tried alone so one bad item cannot take the
-    others down."""
+    """Results for a batch of missing seeds, generated together; if that raises, each seed is
+    tried alone so one bad item cannot take the others down."""
     try:
-        results = pipeline.generate(batch)
-        return [r for r in results if r.seed in missing]
+        return pipeline.generate(missing)
     except (RuntimeError, ValueError, ArithmeticError) as error:
-        log.warning("batch %s failed (%s); retrying its items one by one", batch, error)
+        log.warning("batch %s failed (%s); retrying its items one by one", missing, error)
     results = []
     for seed in missing:
         try:
