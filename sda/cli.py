@@ -166,8 +166,12 @@ def plan(
     fast_keys: dict[str, Callable[[Any, str], Any]] | None = None,
     config_dir: str | Path | None = None,
 ) -> Plan:
-    """Compose and validate every point before anything runs (see `preflight`). A config that
-    sets `hydra.mode: MULTIRUN` (a named job) is a multirun without `-m`, as in Hydra."""
+    """Compose and validate every point before anything runs. A config that sets
+    `hydra.mode: MULTIRUN` (a named job) is a multirun without `-m`, as in Hydra.
+
+    A sweep over thousands of seeds must not cost thousands of compositions: points that differ
+    only in a `fast_keys` key are composed once, and that key is checked by the given function
+    (which receives the validated config and the raw value and returns the re-validated config)."""
     register_configs()
     fast_keys = fast_keys or {}
     with initialized(config_dir):
@@ -204,23 +208,6 @@ def _output_dir(cfg: DictConfig, multirun: bool) -> Path:
     except OmegaConfBaseException:
         known = str(OmegaConf.to_container(node, resolve=False)["dir"]).split("${", 1)[0]
         return Path(known) if known.endswith("/") else Path(known).parent
-
-
-def preflight(
-    config_name: str,
-    overrides: Sequence[str],
-    multirun: bool,
-    schema: type,
-    convert: Callable[[DictConfig], Any],
-    fast_keys: dict[str, Callable[[Any, str], Any]] | None = None,
-    config_dir: str | Path | None = None,
-) -> list[Any]:
-    """Compose and validate every point before anything runs; return the validated configs.
-
-    A sweep over thousands of seeds must not cost thousands of compositions: points that differ
-    only in a `fast_keys` key are composed once, and that key is checked by the given function
-    (which receives the validated config and the raw value and returns the re-validated config)."""
-    return plan(config_name, overrides, multirun, schema, convert, fast_keys, config_dir).configs
 
 
 def _is_sweep(override: str) -> bool:
@@ -261,7 +248,7 @@ def single_run_main(
         try:
             if args.multirun:
                 raise SdaError(f"{command} runs one job at a time; drop -m/--multirun")
-            preflight(config_name, args.overrides, False, schema, convert)
+            plan(config_name, args.overrides, False, schema, convert)
         except SdaError as error:
             fail(error)
     hydra_main()

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from sda.cli import compose_config, preflight, split_sweep
+from sda.cli import compose_config, plan, split_sweep
 from sda.config import (
     ChunkingMode,
     ExportConfig,
@@ -120,12 +120,12 @@ def test_sweep_points_are_expanded_like_hydra_does():
 def test_preflight_validates_every_sweep_point_before_anything_runs():
     overrides = ["seed=range(0,2000)", "export.sample_rate=44100,48000,4800"]
     with pytest.raises(ConfigError, match=r"export.sample_rate=4800 is not allowed"):
-        preflight("config", overrides, True, RunConfig, to_run_config, fast_keys={"seed": with_seed})
-    configs = preflight("config", ["seed=range(0,2000)", "chunking=crossfade,latent_interp"], True, RunConfig, to_run_config, fast_keys={"seed": with_seed})
+        plan("config", overrides, True, RunConfig, to_run_config, fast_keys={"seed": with_seed})
+    configs = plan("config", ["seed=range(0,2000)", "chunking=crossfade,latent_interp"], True, RunConfig, to_run_config, fast_keys={"seed": with_seed}).configs
     assert len(configs) == 4000
     assert {c.seed for c in configs} == set(range(2000))
     with pytest.raises(ConfigError, match=r"seed=-1"):
-        preflight("config", ["seed=5,-1"], True, RunConfig, to_run_config, fast_keys={"seed": with_seed})
+        plan("config", ["seed=5,-1"], True, RunConfig, to_run_config, fast_keys={"seed": with_seed})
 
 
 @pytest.mark.parametrize(
