@@ -17,6 +17,35 @@ REPO = Path(__file__).resolve().parent.parent
 SR = 48000
 
 
+# One torch thread in the tests that render audio, and in the commands they run: on a shared
+# two-core machine, two spinning OpenMP threads per process make phase reconstruction ten to a
+# hundred times slower, and the audio's last bits depend on the thread count (references made
+# in the test process must match the commands' files).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Use with `pytestmark = pytest.mark.usefixtures("one_thread")` in a module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sda_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m sda.run args...` in `cwd` on one thread."""
+    return run_sda("run", *args, cwd=cwd, env=ONE_THREAD)
+
+
+def compose_run(*overrides: str):
+    """A validated RunConfig composed from conf/ with Hydra's compose API."""
+    from sda.cli import compose_config
+    from sda.config import RunConfig, to_run_config
+
+    return to_run_config(compose_config("config", list(overrides), RunConfig))
+
+
 def run_sda(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m sda.<module> args...` in `cwd` and capture its output."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

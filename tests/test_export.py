@@ -55,12 +55,7 @@ FORMAT_IDS = [f"{f}{d}" for f, d, _, _ in FORMATS]
 NAME = re.compile(r"^gen_(\d{8}T\d{6}Z)_seed(\d+)(_\d+)?\.(wav|flac|ogg|json)$")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

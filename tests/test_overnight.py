@@ -24,8 +24,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import REPO, run_sda
-from sda.cli import compose_config, plan
+from conftest import ONE_THREAD, REPO, compose_run, sda_run
+from sda.cli import plan
 from sda.config import RunConfig, StereoMode, to_run_config, with_seed
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import OutputError
@@ -37,26 +37,7 @@ from sda.seeds import sample_latents
 
 JOBS = REPO / "jobs"
 
-# One torch thread, here and in the commands: on a shared two-core machine, two spinning OpenMP
-# threads per process make phase reconstruction ten to a hundred times slower, and the audio's
-# last bits depend on the thread count (references made here must match the commands' files).
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def sda_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run_sda("run", *args, cwd=cwd, env=ONE_THREAD)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def compose_run(*overrides: str) -> RunConfig:
-    return to_run_config(compose_config("config", list(overrides), RunConfig))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def outputs_by_identity(folder: Path) -> dict[str, str]:
@@ -79,7 +60,9 @@ def summary_line(output: str) -> str:
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(tmp_path):
-    settings = ["count=8", "batch_size=1", "duration_s=0.5"]
+    # Batches of three: the kill lands inside a batch, and the rerun makes only its missing items,
+    # which must come out as they did inside the uninterrupted run's batch.
+    settings = ["count=8", "batch_size=3", "duration_s=0.5"]
     reference = run_job(compose_run(*settings), tmp_path / "reference", base_dir=REPO)
     assert reference.count("done") == 8
 

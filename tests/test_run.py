@@ -11,18 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import yaml
 
-from conftest import REPO, run_sda
-from sda.cli import compose_config
-from sda.config import RunConfig, StereoMode, to_run_config
+from conftest import REPO, compose_run, sda_run
+from sda.config import StereoMode
 from sda.errors import ConfigError
 from sda.export import file_sha256
 from sda.model import PACKAGED_MODELS_DIR
@@ -32,26 +29,7 @@ from sda.runner import _load_cached, run_job
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME = re.compile(r"\d{2}-\d{2}-\d{2}")
 
-# One torch thread, here and in the commands: on a shared two-core machine, two spinning OpenMP
-# threads per process make phase reconstruction ten to a hundred times slower, and the audio's
-# last bits depend on the thread count (references made here must match the commands' files).
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def sda_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run_sda("run", *args, cwd=cwd, env=ONE_THREAD)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def compose_run(*overrides: str) -> RunConfig:
-    return to_run_config(compose_config("config", list(overrides), RunConfig))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sidecars(folder: Path) -> list[dict]:
