@@ -1,9 +1,9 @@
 """sda: train a small generative model on your recordings and render batches of new textures.
 
-    from sda import GenerationPipeline, GenerationConfig, load_model
-    pipeline = GenerationPipeline(load_model("default"), GenerationConfig(duration_s=5.0))
-    result = pipeline.generate([7])[0]
-    result.save("renders")
+from sda import GenerationPipeline, GenerationConfig, load_model
+pipeline = GenerationPipeline(load_model("default"), GenerationConfig(duration_s=5.0))
+result = pipeline.generate([7])[0]
+result.save("renders")
 """
 
 from sda.config import GenerationConfig

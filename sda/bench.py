@@ -24,8 +24,9 @@ import platform
 import resource
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torchaudio
@@ -53,14 +54,26 @@ class ReferencePipeline(GenerationPipeline):
         s = self.settings
         self.batch_size = 1
         self.inverse = torchaudio.transforms.InverseMelScale(
-            n_stft=s.n_freqs, n_mels=s.n_mels, sample_rate=s.sample_rate, f_min=s.f_min, f_max=s.f_max,
-            norm=s.mel_norm, mel_scale=s.mel_scale, driver="gelsd" if self.device.type == "cpu" else "gels",
+            n_stft=s.n_freqs,
+            n_mels=s.n_mels,
+            sample_rate=s.sample_rate,
+            f_min=s.f_min,
+            f_max=s.f_max,
+            norm=s.mel_norm,
+            mel_scale=s.mel_scale,
+            driver="gelsd" if self.device.type == "cpu" else "gels",
         ).to(self.device)
 
     def _griffin_lim(self, magnitude: torch.Tensor, length: int, seed: int) -> torch.Tensor:
         s = self.settings
         gl = torchaudio.transforms.GriffinLim(
-            n_fft=s.n_fft, hop_length=s.hop_length, power=1.0, n_iter=self.ITERATIONS, momentum=0.99, length=length, rand_init=True
+            n_fft=s.n_fft,
+            hop_length=s.hop_length,
+            power=1.0,
+            n_iter=self.ITERATIONS,
+            momentum=0.99,
+            length=length,
+            rand_init=True,
         ).to(self.device)
         torch.manual_seed(seed)  # torchaudio draws its random start from the global generator
         return gl(magnitude)
@@ -124,7 +137,9 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_path(path: str, stereo: str, chunking: str, seeds: int, duration_s: float, device: str, batch_size: int, threads: int) -> dict[str, Any]:
+def run_path(
+    path: str, stereo: str, chunking: str, seeds: int, duration_s: float, device: str, batch_size: int, threads: int
+) -> dict[str, Any]:
     """Measure one path in this process (called in a spawned child)."""
     if threads:
         torch.set_num_threads(threads)
@@ -134,8 +149,11 @@ def run_path(path: str, stereo: str, chunking: str, seeds: int, duration_s: floa
 
     def make(duration: float) -> GenerationPipeline:
         cfg = GenerationConfig(
-            duration_s=duration, device=device, batch_size=batch_size,
-            stereo=StereoConfig(mode=StereoMode(stereo)), chunking=ChunkingConfig(mode=ChunkingMode(chunking)),
+            duration_s=duration,
+            device=device,
+            batch_size=batch_size,
+            stereo=StereoConfig(mode=StereoMode(stereo)),
+            chunking=ChunkingConfig(mode=ChunkingMode(chunking)),
         )
         return cls(model, cfg)
 
@@ -157,11 +175,22 @@ def run_path(path: str, stereo: str, chunking: str, seeds: int, duration_s: floa
     wall = time.perf_counter() - start
     audio_s = seeds * duration_s
     return {
-        "path": path, "stereo": stereo, "chunking": chunking, "seeds": seeds, "duration_s": duration_s,
-        "batch_size": pipeline.batch_size, "wall_s": wall, "audio_s_per_wall_s": audio_s / wall,
-        "stages_s": stage, "peak_rss_bytes": _peak_rss_bytes(), "peak_rss_is_per_run": reset,
-        "device": str(pipeline.device), "threads": torch.get_num_threads(),
-        "phase": pipeline.config.phase.to_dict() if path == "default" else {"inverse_mel": "lstsq (torchaudio)", "iterations": 128, "momentum": 0.99, "init": "random"},
+        "path": path,
+        "stereo": stereo,
+        "chunking": chunking,
+        "seeds": seeds,
+        "duration_s": duration_s,
+        "batch_size": pipeline.batch_size,
+        "wall_s": wall,
+        "audio_s_per_wall_s": audio_s / wall,
+        "stages_s": stage,
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_is_per_run": reset,
+        "device": str(pipeline.device),
+        "threads": torch.get_num_threads(),
+        "phase": pipeline.config.phase.to_dict()
+        if path == "default"
+        else {"inverse_mel": "lstsq (torchaudio)", "iterations": 128, "momentum": 0.99, "init": "random"},
     }
 
 
@@ -184,34 +213,66 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=16, help="outputs per path (default 16)")
     parser.add_argument("--duration-s", type=float, default=10.0, help="seconds per output (default 10)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    parser.add_argument("--batch-size", type=int, default=0, help="items per batch for the default path (0: chosen from the device)")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="items per batch for the default path (0: chosen from the device)"
+    )
     parser.add_argument("--stereo", default="mono,dual_seed", help="comma-separated stereo modes")
     parser.add_argument("--chunking", default="crossfade", help="crossfade or latent_interp")
     parser.add_argument("--paths", default="reference,default", help="comma-separated: reference, default")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--output", type=Path, default=Path("bench/bench.json"))
     args = parser.parse_args(argv)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
 
     runs = []
-    print(f"sda bench: {args.seeds} seeds x {args.duration_s:g} s at 48 kHz, {args.chunking}, device {device}, torch {torch.__version__}")
-    print(f"{'path':10s} {'stereo':10s} {'audio s/s':>10s} {'wall s':>8s} {'decode':>8s} {'phase':>8s} {'dsp':>8s} {'export':>8s} {'peak RSS':>10s}")
+    print(
+        f"sda bench: {args.seeds} seeds x {args.duration_s:g} s at 48 kHz, {args.chunking}, "
+        f"device {device}, torch {torch.__version__}"
+    )
+    print(
+        f"{'path':10s} {'stereo':10s} {'audio s/s':>10s} {'wall s':>8s} {'decode':>8s} {'phase':>8s} "
+        f"{'dsp':>8s} {'export':>8s} {'peak RSS':>10s}"
+    )
     for stereo in args.stereo.split(","):
         for path in args.paths.split(","):
-            run = measure_in_child(path=path, stereo=stereo, chunking=args.chunking, seeds=args.seeds, duration_s=args.duration_s,
-                                   device=device, batch_size=args.batch_size if path == "default" else 1, threads=args.threads)
+            run = measure_in_child(
+                path=path,
+                stereo=stereo,
+                chunking=args.chunking,
+                seeds=args.seeds,
+                duration_s=args.duration_s,
+                device=device,
+                batch_size=args.batch_size if path == "default" else 1,
+                threads=args.threads,
+            )
             runs.append(run)
             st = run["stages_s"]
-            print(f"{path:10s} {stereo:10s} {run['audio_s_per_wall_s']:10.2f} {run['wall_s']:8.1f} {st['decode']:8.2f} {st['phase']:8.2f} "
-                  f"{st['dsp']:8.2f} {st['export']:8.2f} {run['peak_rss_bytes'] / 2**30:8.2f} GB", flush=True)
+            print(
+                f"{path:10s} {stereo:10s} {run['audio_s_per_wall_s']:10.2f} {run['wall_s']:8.1f} "
+                f"{st['decode']:8.2f} {st['phase']:8.2f} "
+                f"{st['dsp']:8.2f} {st['export']:8.2f} {run['peak_rss_bytes'] / 2**30:8.2f} GB",
+                flush=True,
+            )
     ratios = {}
     for stereo in args.stereo.split(","):
         by_path = {r["path"]: r for r in runs if r["stereo"] == stereo}
         if {"reference", "default"} <= set(by_path):
             ratios[stereo] = by_path["default"]["audio_s_per_wall_s"] / by_path["reference"]["audio_s_per_wall_s"]
             print(f"{stereo}: default path is {ratios[stereo]:.1f}x the reference's audio seconds per wall second")
-    report = {"runs": runs, "speedup": ratios, "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-              "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}, **versions()}
+    report = {
+        "runs": runs,
+        "speedup": ratios,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        **versions(),
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     print(f"written to {args.output}")

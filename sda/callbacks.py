@@ -44,7 +44,13 @@ def summarise(folder: Path, job_dirs: list[Path]) -> dict[str, Any]:
             counts[status] += outcome["counts"][status]
         jobs.append({"output_dir": outcome["output_dir"], "error": outcome["error"], "counts": outcome["counts"]})
     failed_jobs = [job for job in jobs if job.get("error")]
-    summary = {"folder": str(folder), "jobs": len(jobs), "failed_jobs": len(failed_jobs), **counts, "job_outcomes": jobs}
+    summary = {
+        "folder": str(folder),
+        "jobs": len(jobs),
+        "failed_jobs": len(failed_jobs),
+        **counts,
+        "job_outcomes": jobs,
+    }
     summary["ok"] = counts["failed"] == 0 and not failed_jobs
     return summary
 

@@ -12,10 +12,11 @@ import re
 import sys
 import typing
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from hydra import compose, version
 from hydra._internal.hydra import Hydra
@@ -68,7 +69,9 @@ def translate_error(error: BaseException, schema: type, overrides: Sequence[str]
         if match:
             group, option = match.group(1), match.group(2)
             options = config_groups(group)
-            return ConfigError(group, option, f"choose one of {', '.join(options)}" if options else "no such config group")
+            return ConfigError(
+                group, option, f"choose one of {', '.join(options)}" if options else "no such config group"
+            )
         return ConfigError(first_line)
     if isinstance(error, OverrideParseException):
         return ConfigError(f"cannot parse the command line: {first_line}")
@@ -122,7 +125,9 @@ def initialized(config_dir: str | Path | None = None) -> Iterator[None]:
         restore_gh_from_backup(backup)
 
 
-def compose_config(config_name: str, overrides: Sequence[str], schema: type, config_dir: str | Path | None = None) -> DictConfig:
+def compose_config(
+    config_name: str, overrides: Sequence[str], schema: type, config_dir: str | Path | None = None
+) -> DictConfig:
     """Compose a config outside @hydra.main (tests and pre-flight). Raises ConfigError."""
     register_configs()
     with initialized(config_dir):
@@ -239,7 +244,12 @@ def fail(error: SdaError) -> typing.NoReturn:
 
 
 def single_run_main(
-    command: str, config_name: str, schema: type, convert: Callable[[DictConfig], Any], hydra_main: Callable[[], None], failed: list[SdaError]
+    command: str,
+    config_name: str,
+    schema: type,
+    convert: Callable[[DictConfig], Any],
+    hydra_main: Callable[[], None],
+    failed: list[SdaError],
 ) -> None:
     """The `main` of an entry point that runs one job (sda.train, sda.evaluate): pre-flight the
     command line, run Hydra, exit with the first recorded failure's status."""

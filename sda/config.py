@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -138,7 +138,9 @@ class ChunkingConfig(Sealed):
         _check_range(f"{self.KEY}.overlap_ms", self.overlap_ms, 0.0, 2000.0)
         if self.overlap_ms / 1000.0 > self.chunk_s / 2:
             raise ConfigError(
-                f"{self.KEY}.overlap_ms", self.overlap_ms, f"at most half of chunking.chunk_s ({self.chunk_s * 500:g} ms)"
+                f"{self.KEY}.overlap_ms",
+                self.overlap_ms,
+                f"at most half of chunking.chunk_s ({self.chunk_s * 500:g} ms)",
             )
         _check_range(f"{self.KEY}.anchor_interval_s", self.anchor_interval_s, 0.05, 600.0)
         if self.window_hop_fraction != 0.5:
@@ -181,7 +183,9 @@ class ExportConfig(Sealed):
 
     def validate(self) -> None:
         if self.sample_rate not in SAMPLE_RATES:
-            raise ConfigError(f"{self.KEY}.sample_rate", self.sample_rate, f"one of {', '.join(map(str, SAMPLE_RATES))}")
+            raise ConfigError(
+                f"{self.KEY}.sample_rate", self.sample_rate, f"one of {', '.join(map(str, SAMPLE_RATES))}"
+            )
         depths = BIT_DEPTHS[self.format.value]
         if self.bit_depth not in depths:
             raise ConfigError(
@@ -271,7 +275,7 @@ class RunConfig(GenerationConfig):
     `reproduce`: the sidecar (.json) of an output to make again; `python -m sda.run` turns it into
     overrides before composing (see sda.run), and the job compares what it made with it."""
 
-    reproduce: Optional[str] = None
+    reproduce: str | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -298,7 +302,9 @@ def check_known_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
         if key not in fields:
             allowed = ", ".join(sorted(fields))
             where = f"in {prefix[:-1]}" if prefix else "at the top level"
-            raise ConfigError(full, OmegaConf.select(cfg, str(key), throw_on_missing=False), f"unknown key; keys {where}: {allowed}")
+            raise ConfigError(
+                full, OmegaConf.select(cfg, str(key), throw_on_missing=False), f"unknown key; keys {where}: {allowed}"
+            )
         sub_type = hints[key]
         node = cfg._get_node(key)  # noqa: SLF001 - the only way to see a node without resolving it
         if sub_type is not None and dataclasses.is_dataclass(sub_type) and isinstance(node, DictConfig):
@@ -402,7 +408,9 @@ class SpectrogramConfig(Sealed):
 
     def validate(self) -> None:
         if self.sample_rate != INTERNAL_SAMPLE_RATE:
-            raise ConfigError(f"{self.KEY}.sample_rate", self.sample_rate, f"{INTERNAL_SAMPLE_RATE} (the internal rate)")
+            raise ConfigError(
+                f"{self.KEY}.sample_rate", self.sample_rate, f"{INTERNAL_SAMPLE_RATE} (the internal rate)"
+            )
         if self.n_fft not in (512, 1024, 2048, 4096):
             raise ConfigError(f"{self.KEY}.n_fft", self.n_fft, "one of 512, 1024, 2048, 4096")
         _check_range(f"{self.KEY}.hop_length", self.hop_length, 64, self.n_fft // 2)
@@ -443,7 +451,9 @@ class TrainConfig(Sealed):
     def validate(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
         if self.name != MISSING and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
-            raise ConfigError("name", self.name, "required: letters, digits, '_', '-', '.' (the model is saved as models/NAME.pt)")
+            raise ConfigError(
+                "name", self.name, "required: letters, digits, '_', '-', '.' (the model is saved as models/NAME.pt)"
+            )
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError("seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         if not _DEVICE_PATTERN.match(self.device) or self.device == "auto":
@@ -475,7 +485,7 @@ class EvaluateConfig(Sealed):
     device: str = "cpu"
     generated_clips: int = 32
     clip_s: float = 4.0
-    output: Optional[str] = None
+    output: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     phase: PhaseConfig = field(default_factory=PhaseConfig)

@@ -64,7 +64,9 @@ class Evaluation:
         for figure in figures:
             rows.append(f"{figure:{width}s}" + "".join(f"{self.figures[s][figure]:14.4f}" for s in SUBJECTS))
         wins = self.beats_baselines()
-        rows.append("model beats both baselines: " + ", ".join(f"{f} {'yes' if ok else 'NO'}" for f, ok in wins.items()))
+        rows.append(
+            "model beats both baselines: " + ", ".join(f"{f} {'yes' if ok else 'NO'}" for f, ok in wins.items())
+        )
         return "\n".join(rows)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,7 +104,9 @@ def frechet_distance(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor
     return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt)
 
 
-def shaped_noise(average_magnitude: torch.Tensor, settings: SpectrogramSettings, clips: int, samples: int, seed: int) -> torch.Tensor:
+def shaped_noise(
+    average_magnitude: torch.Tensor, settings: SpectrogramSettings, clips: int, samples: int, seed: int
+) -> torch.Tensor:
     """`[clips, samples]` noise whose STFT magnitude is the given `[n_freqs]` average, random phase."""
     g = torch.Generator().manual_seed(seed)
     frames = 1 + samples // settings.hop_length
@@ -126,8 +130,17 @@ def reconstruction_figures(
 
 def _rebuild(log_mels: torch.Tensor, settings: SpectrogramSettings, phase: PhaseConfig, samples: int) -> torch.Tensor:
     magnitude = inverse_mel(decompress(log_mels), settings, phase.inverse_mel.value)
-    return griffin_lim(magnitude, settings, samples, phase.iterations, phase.momentum, phase.init.value,
-                       generators=[torch.Generator().manual_seed(i) for i in range(log_mels.shape[0])] if phase.init.value == "random" else None)
+    return griffin_lim(
+        magnitude,
+        settings,
+        samples,
+        phase.iterations,
+        phase.momentum,
+        phase.init.value,
+        generators=[torch.Generator().manual_seed(i) for i in range(log_mels.shape[0])]
+        if phase.init.value == "random"
+        else None,
+    )
 
 
 def evaluate_model(cfg: EvaluateConfig, base_dir: Path) -> Evaluation:
@@ -144,20 +157,26 @@ def evaluate_model(cfg: EvaluateConfig, base_dir: Path) -> Evaluation:
     same_data = trained_on == dataset.fingerprint.content_hash
     if same_data:
         train_cfg = model.training["config"]
-        _, held_out = split_by_file(list(dataset.clips), train_cfg["dataset"]["validation_fraction"], train_cfg["seed"], settings.sample_rate)
+        _, held_out = split_by_file(
+            list(dataset.clips), train_cfg["dataset"]["validation_fraction"], train_cfg["seed"], settings.sample_rate
+        )
     else:
         held_out = list(dataset.clips)
     hop = settings.window_samples // 2
     silence = cfg.dataset.silence_dbfs
     held_windows = WindowSampler(held_out, settings.window_samples, hop, silence, Augmentation.none()).fixed_windows()
-    all_windows = WindowSampler(list(dataset.clips), settings.window_samples, hop, silence, Augmentation.none()).fixed_windows()
+    all_windows = WindowSampler(
+        list(dataset.clips), settings.window_samples, hop, silence, Augmentation.none()
+    ).fixed_windows()
     if held_windows.shape[0] == 0 or all_windows.shape[0] == 0:
         raise DatasetError(f"dataset.path={str(root)!r}: no usable window to evaluate on")
     held_windows, all_windows = held_windows.to(device), all_windows.to(device)
 
     untrained = untrained_like(model, cfg.seed)
     average_magnitude = stft(all_windows, settings).abs().mean(dim=(0, 2))
-    noise_windows = shaped_noise(average_magnitude.cpu(), settings, held_windows.shape[0], settings.window_samples, cfg.seed).to(device)
+    noise_windows = shaped_noise(
+        average_magnitude.cpu(), settings, held_windows.shape[0], settings.window_samples, cfg.seed
+    ).to(device)
 
     figures: dict[str, dict[str, float]] = {s: {} for s in SUBJECTS}
     for subject, vae in (("model", model.vae), ("untrained", untrained.vae)):
@@ -165,7 +184,9 @@ def evaluate_model(cfg: EvaluateConfig, base_dir: Path) -> Evaluation:
         figures[subject]["reconstruction_log_mel_l1"] = l1
         figures[subject]["reconstruction_spectral_convergence"] = sc
     target = log_mel(held_windows, settings)
-    figures["shaped_noise"]["reconstruction_log_mel_l1"] = float((log_mel(noise_windows, settings) - target).abs().mean())
+    figures["shaped_noise"]["reconstruction_log_mel_l1"] = float(
+        (log_mel(noise_windows, settings) - target).abs().mean()
+    )
     figures["shaped_noise"]["reconstruction_spectral_convergence"] = float(
         spectral_convergence(noise_windows, stft(held_windows, settings).abs(), settings).mean()
     )
@@ -177,14 +198,23 @@ def evaluate_model(cfg: EvaluateConfig, base_dir: Path) -> Evaluation:
         pipeline = GenerationPipeline(subject_model, generation, device)
         audio = torch.cat([torch.from_numpy(r.audio) for r in pipeline.generate(seeds)])
         figures[subject]["frechet_distance"] = frechet_distance(frame_statistics(audio.to(device), settings), reference)
-    noise_clips = shaped_noise(average_magnitude.cpu(), settings, cfg.generated_clips, round(cfg.clip_s * settings.sample_rate), cfg.seed + 1)
-    figures["shaped_noise"]["frechet_distance"] = frechet_distance(frame_statistics(noise_clips.to(device), settings), reference)
+    noise_clips = shaped_noise(
+        average_magnitude.cpu(), settings, cfg.generated_clips, round(cfg.clip_s * settings.sample_rate), cfg.seed + 1
+    )
+    figures["shaped_noise"]["frechet_distance"] = frechet_distance(
+        frame_statistics(noise_clips.to(device), settings), reference
+    )
 
     details = {
         "model": {"name": model.name, "path": str(model.path), "sha256": model.sha256},
-        "dataset": {**dataset.fingerprint.to_dict(), "path": str(root), "same_as_training": same_data,
-                    "held_out_files": len(held_out), "held_out_windows": int(held_windows.shape[0]),
-                    "reference_windows": int(all_windows.shape[0])},
+        "dataset": {
+            **dataset.fingerprint.to_dict(),
+            "path": str(root),
+            "same_as_training": same_data,
+            "held_out_files": len(held_out),
+            "held_out_windows": int(held_windows.shape[0]),
+            "reference_windows": int(all_windows.shape[0]),
+        },
         "generated_clips": cfg.generated_clips,
         "clip_s": cfg.clip_s,
         "seed": cfg.seed,

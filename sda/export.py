@@ -32,7 +32,7 @@ import shutil
 import struct
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,16 +100,23 @@ def quantise(audio: np.ndarray, bit_depth: int, ceiling_dbfs: float, dither_seed
     integers = np.clip(np.rint(scaled), -limit, limit)
     if bit_depth == 16:
         return integers.astype(np.int16)
-    return (integers.astype(np.int32) << 8)  # libsndfile keeps the top 24 bits of an int32
+    return integers.astype(np.int32) << 8  # libsndfile keeps the top 24 bits of an int32
 
 
-def _encode_once(samples: np.ndarray, sample_rate: int, format: str, subtype: str, tags: dict[str, str], ogg_quality: float) -> bytes:
+def _encode_once(
+    samples: np.ndarray, sample_rate: int, format: str, subtype: str, tags: dict[str, str], ogg_quality: float
+) -> bytes:
     buffer = io.BytesIO()
     channels = samples.shape[1]
     # libsndfile's Vorbis "compression level" runs opposite to quality: 0 is the best
     compression = 1.0 - ogg_quality if format == "ogg" else None
     with sf.SoundFile(
-        buffer, "w", samplerate=sample_rate, channels=channels, format=_CONTAINERS[format], subtype=subtype,
+        buffer,
+        "w",
+        samplerate=sample_rate,
+        channels=channels,
+        format=_CONTAINERS[format],
+        subtype=subtype,
         compression_level=compression,
     ) as handle:
         for name, value in tags.items():
@@ -182,7 +189,9 @@ def encode_audio(
         source = np.clip(audio.astype(np.float64), -ceiling, ceiling)
         gain = 1.0
         for _ in range(OGG_ATTEMPTS):
-            data = _encode_once(quantise(source * gain, 32, ceiling_dbfs, 0), sample_rate, format, subtype, tags, ogg_quality)
+            data = _encode_once(
+                quantise(source * gain, 32, ceiling_dbfs, 0), sample_rate, format, subtype, tags, ogg_quality
+            )
             data = _set_ogg_serial(data, dither_seed)
             peak, decoded_frames = _decoded_peak(data)
             if decoded_frames != frames:
@@ -193,7 +202,9 @@ def encode_audio(
         else:
             raise OutputError(f"could not keep the Vorbis peak under {ceiling_dbfs} dBFS in {OGG_ATTEMPTS} attempts")
     else:
-        data = _encode_once(quantise(audio, bit_depth, ceiling_dbfs, dither_seed), sample_rate, format, subtype, tags, ogg_quality)
+        data = _encode_once(
+            quantise(audio, bit_depth, ceiling_dbfs, dither_seed), sample_rate, format, subtype, tags, ogg_quality
+        )
         peak, _ = _decoded_peak(data)
     return EncodedAudio(
         data=data,
@@ -280,7 +291,7 @@ def output_stem(timestamp_utc: datetime, seed: int) -> str:
     """`gen_{UTC timestamp}_seed{seed}`, e.g. gen_20261124T031522Z_seed7."""
     if timestamp_utc.tzinfo is None:
         raise ValueError("timestamp must be timezone-aware (UTC)")
-    return f"gen_{timestamp_utc.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}_seed{seed}"
+    return f"gen_{timestamp_utc.astimezone(UTC):%Y%m%dT%H%M%SZ}_seed{seed}"
 
 
 def reserve_output_paths(folder: Path, timestamp_utc: datetime, seed: int, format: str) -> tuple[Path, Path]:

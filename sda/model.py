@@ -60,7 +60,7 @@ class ModelHyperparameters:
         return {"latent_dim": self.latent_dim, "channels": list(self.channels)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelHyperparameters":
+    def from_dict(cls, data: dict[str, Any]) -> ModelHyperparameters:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(data) != known:
             raise CheckpointError(f"model hyperparameters hold keys {sorted(data)}; expected {sorted(known)}")
@@ -315,4 +315,6 @@ def load_model(
     vae.eval().requires_grad_(False)
     vae.to(device)
     name = resolved.stem
-    return LoadedModel(vae=vae, path=resolved.resolve(), name=name, sha256=file_sha256(resolved), training=record["training"])
+    return LoadedModel(
+        vae=vae, path=resolved.resolve(), name=name, sha256=file_sha256(resolved), training=record["training"]
+    )

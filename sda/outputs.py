@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,7 @@ def save_result(result: GenerationResult, folder: Path, extra: dict[str, Any] | 
         dither_seed=int(identity, 16) & 0xFFFFFFFF,
         ogg_quality=cfg.export.ogg_quality,
     )
-    audio_path, sidecar_path = reserve_output_paths(folder, datetime.now(timezone.utc), result.seed, cfg.export.format.value)
+    audio_path, sidecar_path = reserve_output_paths(folder, datetime.now(UTC), result.seed, cfg.export.format.value)
     record = sidecar_record(result, identity, audio_path.name, encoded, extra)
     write_sidecar(sidecar_path, record)
     write_bytes_atomic(audio_path, encoded.data)

@@ -56,23 +56,43 @@ def corpus_windows(folder: Path, settings: SpectrogramSettings) -> torch.Tensor:
     return torch.stack(windows)
 
 
-def reference_reconstruct(log_mels: torch.Tensor, settings: SpectrogramSettings, length: int, seed: int) -> torch.Tensor:
+def reference_reconstruct(
+    log_mels: torch.Tensor, settings: SpectrogramSettings, length: int, seed: int
+) -> torch.Tensor:
     inverse = torchaudio.transforms.InverseMelScale(
-        n_stft=settings.n_freqs, n_mels=settings.n_mels, sample_rate=settings.sample_rate,
-        f_min=settings.f_min, f_max=settings.f_max, norm=settings.mel_norm, mel_scale=settings.mel_scale, driver="gelsd",
+        n_stft=settings.n_freqs,
+        n_mels=settings.n_mels,
+        sample_rate=settings.sample_rate,
+        f_min=settings.f_min,
+        f_max=settings.f_max,
+        norm=settings.mel_norm,
+        mel_scale=settings.mel_scale,
+        driver="gelsd",
     )
     gl = torchaudio.transforms.GriffinLim(
-        n_fft=settings.n_fft, hop_length=settings.hop_length, power=1.0, n_iter=128, momentum=0.99, length=length, rand_init=True
+        n_fft=settings.n_fft,
+        hop_length=settings.hop_length,
+        power=1.0,
+        n_iter=128,
+        momentum=0.99,
+        length=length,
+        rand_init=True,
     )
     torch.manual_seed(seed)  # torchaudio's random start comes from the global generator
     return gl(inverse(decompress(log_mels)))
 
 
-def reconstruct(row: Row, target_log_mel: torch.Tensor, settings: SpectrogramSettings, length: int, seed: int) -> torch.Tensor:
+def reconstruct(
+    row: Row, target_log_mel: torch.Tensor, settings: SpectrogramSettings, length: int, seed: int
+) -> torch.Tensor:
     if row.name == "reference":
         return reference_reconstruct(target_log_mel, settings, length, seed)
     magnitude = inverse_mel(decompress(target_log_mel), settings, row.inverse_mel)
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(target_log_mel.shape[0])] if row.init == "random" else None
+    generators = (
+        [torch.Generator().manual_seed(seed + i) for i in range(target_log_mel.shape[0])]
+        if row.init == "random"
+        else None
+    )
     return griffin_lim(magnitude, settings, length, row.iterations, row.momentum, row.init, generators)
 
 
@@ -106,7 +126,9 @@ def candidate_rows() -> list[Row]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=Path("data/demo_corpus"), help="demo corpus folder (made if missing)")
+    parser.add_argument(
+        "--corpus", type=Path, default=Path("data/demo_corpus"), help="demo corpus folder (made if missing)"
+    )
     parser.add_argument("--output", type=Path, default=Path("bench/phase_table.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting; the fastest counts (default 3)")
@@ -116,16 +138,24 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_grad_enabled(False)
     audio = corpus_windows(args.corpus, settings)
     rows = []
-    print(f"{audio.shape[0]} windows of 1 s from {args.corpus}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{audio.shape[0]} windows of 1 s from {args.corpus}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     header = f"{'setting':34s} {'spectral conv.':>15s} {'log-mel L1':>11s} {'s per audio s':>14s}"
     print(header)
     for row in candidate_rows():
         measure(row, audio, settings, args.seed, args.repeats)
         rows.append(row)
-        label = "reference (torchaudio lstsq + GL 128)" if row.name == "reference" else (
-            f"{row.inverse_mel} {row.init} {row.iterations} it m={row.momentum:g}"
+        label = (
+            "reference (torchaudio lstsq + GL 128)"
+            if row.name == "reference"
+            else (f"{row.inverse_mel} {row.init} {row.iterations} it m={row.momentum:g}")
         )
-        print(f"{label:34s} {row.spectral_convergence:15.4f} {row.log_mel_l1:11.4f} {row.seconds_per_audio_second:14.4f}", flush=True)
+        print(
+            f"{label:34s} {row.spectral_convergence:15.4f} {row.log_mel_l1:11.4f} {row.seconds_per_audio_second:14.4f}",
+            flush=True,
+        )
     reference = rows[0]
     bound = reference.spectral_convergence * QUALITY_MARGIN
     eligible = [r for r in rows[1:] if r.spectral_convergence <= bound]
@@ -137,8 +167,18 @@ def main(argv: list[str] | None = None) -> None:
             f"{reference.seconds_per_audio_second / best.seconds_per_audio_second:.1f}x faster than the reference"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"windows": int(audio.shape[0]), "rows": [r.__dict__ for r in rows],
-                                       "choice": best.__dict__ if best else None, "threads": torch.get_num_threads(), **versions()}, indent=2))
+    args.output.write_text(
+        json.dumps(
+            {
+                "windows": int(audio.shape[0]),
+                "rows": [r.__dict__ for r in rows],
+                "choice": best.__dict__ if best else None,
+                "threads": torch.get_num_threads(),
+                **versions(),
+            },
+            indent=2,
+        )
+    )
     print(f"written to {args.output}")
 
 

@@ -16,17 +16,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from sda import seeds as seeding
-from sda.config import ChunkingMode, GenerationConfig, INTERNAL_SAMPLE_RATE, StereoMode
+from sda.config import INTERNAL_SAMPLE_RATE, ChunkingMode, GenerationConfig, StereoMode
 from sda.dsp.chunking import cola_window, equal_power_crossfade, interpolate_anchors, overlap_add_frames
 from sda.dsp.filters import anti_alias
 from sda.dsp.normalize import enforce_ceiling, peak_normalize
@@ -148,7 +148,8 @@ class GenerationPipeline:
         self.settings = model.settings
         if self.settings.sample_rate != INTERNAL_SAMPLE_RATE:
             raise CheckpointError(
-                f"model {model.name!r} works at {self.settings.sample_rate} Hz; the pipeline needs {INTERNAL_SAMPLE_RATE} Hz models"
+                f"model {model.name!r} works at {self.settings.sample_rate} Hz; "
+                f"the pipeline needs {INTERNAL_SAMPLE_RATE} Hz models"
             )
         check_against_model(config, model)
         self.batch_size = config.batch_size or default_batch_size(self.device)
@@ -197,7 +198,7 @@ class GenerationPipeline:
     def generate_batch(self, seeds: Sequence[int]) -> list[GenerationResult]:
         """All stages once over `seeds`; returns results in the same order."""
         cfg = self.config
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         clock = StageClock(self.device)
         sr = self.settings.sample_rate
         dual = cfg.stereo.mode == StereoMode.dual_seed
@@ -228,7 +229,7 @@ class GenerationPipeline:
             metrics = measure_quality_batch(audio[..., :frames], cfg.export.sample_rate)
             audio = audio[..., :frames]
             host = audio.float().cpu().numpy()
-        finished = datetime.now(timezone.utc)
+        finished = datetime.now(UTC)
         share = {stage: seconds / len(seeds) for stage, seconds in clock.seconds.items()}
         return [
             GenerationResult(
@@ -271,7 +272,9 @@ class GenerationPipeline:
         per_group = max(1, self.phase_frames_per_group // log_mels.shape[-1])
         pieces = []
         for start in range(0, log_mels.shape[0], per_group):
-            magnitude = inverse_mel(decompress(log_mels[start : start + per_group]), self.settings, phase.inverse_mel.value)
+            magnitude = inverse_mel(
+                decompress(log_mels[start : start + per_group]), self.settings, phase.inverse_mel.value
+            )
             pieces.append(
                 griffin_lim(
                     magnitude,
@@ -324,12 +327,18 @@ class GenerationPipeline:
         frames_needed = 1 + math.ceil(samples / settings.hop_length)
         n_windows = max(1, math.ceil(max(0, frames_needed - window_frames) / hop_frames) + 1)
         total_frames = (n_windows - 1) * hop_frames + window_frames
-        centres_s = (torch.arange(n_windows, dtype=torch.float64) * hop_frames + window_frames / 2) * settings.hop_length / settings.sample_rate
+        centres_s = (
+            (torch.arange(n_windows, dtype=torch.float64) * hop_frames + window_frames / 2)
+            * settings.hop_length
+            / settings.sample_rate
+        )
         positions = centres_s / cfg.anchor_interval_s
         n_anchors = int(math.floor(positions[-1].item())) + 2
         latent_dim = self.model.latent_dim
         with clock.stage("decode"):
-            anchors = torch.stack([seeding.sample_latents(s, n_anchors, latent_dim) for s in voice_seeds]).to(self.device)
+            anchors = torch.stack([seeding.sample_latents(s, n_anchors, latent_dim) for s in voice_seeds]).to(
+                self.device
+            )
             latents = interpolate_anchors(anchors, positions.to(self.device, torch.float32))  # [V, n_windows, D]
             log_mels = self._decode(latents.reshape(-1, latent_dim))
             log_mels = log_mels.reshape(len(voice_seeds), n_windows, *log_mels.shape[-2:])
@@ -347,5 +356,7 @@ def check_against_model(config: GenerationConfig, model: LoadedModel) -> None:
     window_s = model.settings.window_samples / model.settings.sample_rate
     if config.chunking.chunk_s > window_s + 1e-9:
         raise ConfigError(
-            "chunking.chunk_s", config.chunking.chunk_s, f"at most the model's window of {window_s:g} s (model {model.name!r})"
+            "chunking.chunk_s",
+            config.chunking.chunk_s,
+            f"at most the model's window of {window_s:g} s (model {model.name!r})",
         )

@@ -57,9 +57,28 @@ SPECTROGRAM_FLOOR_DB = -110.0
 SPECTROGRAM_TOP_DB = -10.0
 
 MANIFEST_COLUMNS = (
-    "file", "job", "seed", "right_seed", "chunking", "stereo", "sample_rate", "bit_depth", "format",
-    "channels", "frames", "duration_s", "peak_dbfs", "rms_dbfs", "loudness_lufs", "rating",
-    "rating_reason", "status", "reason", "identity", "sidecar", "spectrogram",
+    "file",
+    "job",
+    "seed",
+    "right_seed",
+    "chunking",
+    "stereo",
+    "sample_rate",
+    "bit_depth",
+    "format",
+    "channels",
+    "frames",
+    "duration_s",
+    "peak_dbfs",
+    "rms_dbfs",
+    "loudness_lufs",
+    "rating",
+    "rating_reason",
+    "status",
+    "reason",
+    "identity",
+    "sidecar",
+    "spectrogram",
 )
 # Sort order of the page's rating column: best first, then what has no audio worth hearing.
 RATING_RANK = {"green": 0, "yellow": 1, "red": 2}
@@ -129,11 +148,17 @@ def _get(record: Any, *keys: str) -> Any:
 
 
 def _as_int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    return (
+        int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    )
 
 
 def _as_float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
 
 
 def _as_str(value: Any) -> str | None:
@@ -155,7 +180,12 @@ def png_bytes(rgb: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,12 +239,14 @@ def spectrogram_levels_db(
     edges = spectrogram_row_edges_hz(sample_rate, height)
     low = np.minimum(np.floor(edges[:-1] / bin_hz + 0.5).astype(np.int64), power.shape[1] - 1)
     high = np.maximum(np.floor(edges[1:] / bin_hz + 0.5).astype(np.int64), low + 1)
-    bands = np.stack([columns[:, lo:hi].max(axis=1) for lo, hi in zip(low, high)])  # [height, width]
+    bands = np.stack([columns[:, lo:hi].max(axis=1) for lo, hi in zip(low, high, strict=True)])  # [height, width]
     full_scale = (window.sum() / 2) ** 2
     return 10 * np.log10(bands[::-1] / full_scale + 1e-20)
 
 
-def spectrogram_image(signal: np.ndarray, sample_rate: int, width: int = SPECTROGRAM_WIDTH, height: int = SPECTROGRAM_HEIGHT) -> np.ndarray:
+def spectrogram_image(
+    signal: np.ndarray, sample_rate: int, width: int = SPECTROGRAM_WIDTH, height: int = SPECTROGRAM_HEIGHT
+) -> np.ndarray:
     """`[height, width, 3]` uint8 picture of `spectrogram_levels_db`."""
     levels = spectrogram_levels_db(signal, sample_rate, width, height)
     return colour_map((levels - SPECTROGRAM_FLOOR_DB) / (SPECTROGRAM_TOP_DB - SPECTROGRAM_FLOOR_DB))
@@ -325,7 +357,9 @@ def _job_rows(folder: Path, job_dir: Path, problems: list[str]) -> list[ReportRo
             row.file = _relative(check.audio_path, folder)
             row.audio_exists = check.audio_path.is_file()
         if check.ok and check.audio_path is not None:
-            png = spectrogram_path(job_dir, check.audio_path.stem, row.identity or str(_get(check.record, "file", "sha256")))
+            png = spectrogram_path(
+                job_dir, check.audio_path.stem, row.identity or str(_get(check.record, "file", "sha256"))
+            )
             if not png.is_file():
                 try:
                     write_spectrogram(check.audio_path, png)
@@ -337,7 +371,9 @@ def _job_rows(folder: Path, job_dir: Path, problems: list[str]) -> list[ReportRo
     for audio in sorted(job_dir.glob("gen_*")):
         if audio.is_file() and _AUDIO_NAME.match(audio.name) and audio.name not in named:
             rows.append(
-                ReportRow(job=job, status="broken", file=_relative(audio, folder), reason="no sidecar", audio_exists=True)
+                ReportRow(
+                    job=job, status="broken", file=_relative(audio, folder), reason="no sidecar", audio_exists=True
+                )
             )
 
     outcome_path = job_dir / OUTCOME_FILE
@@ -505,8 +541,12 @@ def _row_html(row: ReportRow) -> str:
         f'<td data-key="rating" data-v="{row.rating_rank}"><span class="rating {html.escape(cls, quote=True)}">'
         f'{html.escape(label)}</span><div class="reason">{html.escape(why)}</div></td>'
     )
-    name = Path(row.file).name if row.file else Path(row.sidecar).name if row.sidecar else f"seed {_csv_value(row.seed)}"
-    link = f'<a href="{html.escape(href, quote=True)}">{html.escape(name)}</a>' if row.audio_exists else html.escape(name)
+    name = (
+        Path(row.file).name if row.file else Path(row.sidecar).name if row.sidecar else f"seed {_csv_value(row.seed)}"
+    )
+    link = (
+        f'<a href="{html.escape(href, quote=True)}">{html.escape(name)}</a>' if row.audio_exists else html.escape(name)
+    )
     if row.sidecar:
         link += f' <a class="reason" href="{html.escape(quote(row.sidecar), quote=True)}">sidecar</a>'
     seed_text = _csv_value(row.seed) + (f" / R {row.right_seed}" if row.right_seed is not None else "")

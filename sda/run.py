@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import hydra
 import torch
@@ -105,7 +106,9 @@ def _compare_with_original(original: dict[str, Any], outcome: JobOutcome) -> Non
         else:
             log.warning(
                 "%s has the identity of %s but other audio bytes (made in a batch of another size, with "
-                "another thread count, on another device or with other library versions?)", item.file, name,
+                "another thread count, on another device or with other library versions?)",
+                item.file,
+                name,
             )
 
 
@@ -156,7 +159,11 @@ def reproduce_overrides(record: dict[str, Any], overrides: Sequence[str]) -> lis
     try:
         config, seed = dict(record["config"]), int(record["seed"])
     except (KeyError, TypeError, ValueError):
-        raise ConfigError("reproduce", record.get("file", {}).get("name", "?"), "a sidecar written by sda.run (no config or seed in it)") from None
+        raise ConfigError(
+            "reproduce",
+            record.get("file", {}).get("name", "?"),
+            "a sidecar written by sda.run (no config or seed in it)",
+        ) from None
     recorded = {"seed": seed, "count": 1, **_flatten({k: v for k, v in config.items() if k not in NOT_REPRODUCED})}
     given = {override.key_or_group for override in _parse(overrides)}
 
@@ -174,10 +181,16 @@ def resume_command(folder: Path, rest: Sequence[str]) -> list[str]:
     elif (folder / ".hydra" / "hydra.yaml").is_file():
         multirun, stored = False, OmegaConf.load(folder / ".hydra" / "hydra.yaml")
     else:
-        raise ConfigError("resume", str(folder), "a run folder (with .hydra/) or a sweep folder (with multirun.yaml) made by sda.run")
+        raise ConfigError(
+            "resume", str(folder), "a run folder (with .hydra/) or a sweep folder (with multirun.yaml) made by sda.run"
+        )
     flags = [token for token in rest if token.startswith("-")]
     if set(flags) - {"-m", "--multirun"}:
-        raise ConfigError("resume", str(folder), f"only overrides may follow it (it replays the stored command); got {' '.join(flags)}")
+        raise ConfigError(
+            "resume",
+            str(folder),
+            f"only overrides may follow it (it replays the stored command); got {' '.join(flags)}",
+        )
     command = ["-m"] if multirun else []
     name = OmegaConf.select(stored, "hydra.job.config_name")
     if name and name != "config":
@@ -185,7 +198,9 @@ def resume_command(folder: Path, rest: Sequence[str]) -> list[str]:
     for source in OmegaConf.select(stored, "hydra.runtime.config_sources") or []:
         if source.get("provider") == "command-line":
             command += ["--config-dir", str(source.path)]
-    stored_hydra = [o for o in OmegaConf.select(stored, "hydra.overrides.hydra") or [] if o.split("=", 1)[0] not in RESUME_SETS]
+    stored_hydra = [
+        o for o in OmegaConf.select(stored, "hydra.overrides.hydra") or [] if o.split("=", 1)[0] not in RESUME_SETS
+    ]
     where = override_text("hydra.sweep.dir" if multirun else "hydra.run.dir", str(folder.absolute()))
     command += [*stored_hydra, where, *([] if multirun else ["hydra.mode=RUN"])]
     return command + list(OmegaConf.select(stored, "hydra.overrides.task") or []) + [t for t in rest if t not in flags]
@@ -205,12 +220,16 @@ def expand_command_line(argv: Sequence[str]) -> list[str]:
     reproduce = [o for o in _parse(args.overrides) if o.key_or_group == "reproduce"]
     if reproduce:
         if len(reproduce) > 1 or reproduce[0].is_sweep_override():
-            raise ConfigError("reproduce", reproduce[-1].get_value_element_as_str(), "one sidecar per run (it cannot be swept)")
+            raise ConfigError(
+                "reproduce", reproduce[-1].get_value_element_as_str(), "one sidecar per run (it cannot be swept)"
+            )
         path = Path(str(reproduce[0].value())).expanduser()
         try:
             record = read_sidecar(path)
         except FileNotFoundError:
-            raise ConfigError("reproduce", str(path), "the path of an output's sidecar .json (file not found)") from None
+            raise ConfigError(
+                "reproduce", str(path), "the path of an output's sidecar .json (file not found)"
+            ) from None
         except (OSError, ValueError) as error:
             raise ConfigError("reproduce", str(path), f"an output's sidecar .json ({error})") from None
         argv = [t for t in argv if t not in args.overrides] + reproduce_overrides(record, args.overrides)
@@ -222,15 +241,24 @@ def check_before_running(argv: Sequence[str]) -> None:
     then that the output folder can hold the whole run or sweep."""
     args = parse_command_line(argv)
     if getattr(args, "config_path", None):
-        raise ConfigError("--config-path", args.config_path, "not supported by sda.run; use --config-dir to add a folder of configs")
+        raise ConfigError(
+            "--config-path", args.config_path, "not supported by sda.run; use --config-dir to add a folder of configs"
+        )
     found = plan(
-        config_name_of(args, "config"), args.overrides, args.multirun, RunConfig, to_run_config,
-        fast_keys={"seed": with_seed}, config_dir=args.config_dir,
+        config_name_of(args, "config"),
+        args.overrides,
+        args.multirun,
+        RunConfig,
+        to_run_config,
+        fast_keys={"seed": with_seed},
+        config_dir=args.config_dir,
     )
     for checkpoint in sorted({config.model.checkpoint for config in found.configs}):
         path = resolve_checkpoint(checkpoint, Path.cwd())
         if not path.is_file():
-            raise ConfigError("model.checkpoint", checkpoint, f"a model name or checkpoint file ({path} does not exist)")
+            raise ConfigError(
+                "model.checkpoint", checkpoint, f"a model name or checkpoint file ({path} does not exist)"
+            )
     check_output_folder(found.output_dir, sum(estimate_output_bytes(config) for config in found.configs))
 
 

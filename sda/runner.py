@@ -26,9 +26,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 try:
     import fcntl
@@ -236,7 +237,9 @@ def exclusive_folder(folder: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "?"
-            raise OutputError(f"another sda process (pid {holder}) is writing into {folder}; let it finish or stop it first") from None
+            raise OutputError(
+                f"another sda process (pid {holder}) is writing into {folder}; let it finish or stop it first"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -281,7 +284,9 @@ def _run(
             outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]]))
 
     show = sys.stderr.isatty() if show_progress is None else show_progress
-    with tqdm(total=len(identities), desc=output_dir.name, unit="file", disable=not show, dynamic_ncols=True) as progress:
+    with tqdm(
+        total=len(identities), desc=output_dir.name, unit="file", disable=not show, dynamic_ncols=True
+    ) as progress:
         progress.update(len(identities) - len(missing))
         # On a terminal, log lines are written above the bar instead of breaking it.
         with logging_redirect_tqdm() if show else contextlib.nullcontext():
@@ -309,8 +314,15 @@ def _write_batch(
         metrics = result.metrics
         outcome.items.append(
             ItemOutcome(
-                result.seed, saved.identity, "done", "", saved.audio_path.name, saved.sidecar_path.name,
-                metrics.rating, metrics.peak_dbfs, metrics.loudness_lufs,
+                result.seed,
+                saved.identity,
+                "done",
+                "",
+                saved.audio_path.name,
+                saved.sidecar_path.name,
+                metrics.rating,
+                metrics.peak_dbfs,
+                metrics.loudness_lufs,
             )
         )
         log.info("wrote %s (%s: %s)", saved.audio_path.name, metrics.rating, metrics.rating_reason)
@@ -320,8 +332,15 @@ def _skipped_item(seed: int, identity: str, check: Verification) -> ItemOutcome:
     record = check.record or {}
     quality = record.get("quality", {})
     return ItemOutcome(
-        seed, identity, "skipped", "verified output already present", record["file"]["name"], check.sidecar_path.name,
-        quality.get("rating"), quality.get("peak_dbfs"), quality.get("loudness_lufs"),
+        seed,
+        identity,
+        "skipped",
+        "verified output already present",
+        record["file"]["name"],
+        check.sidecar_path.name,
+        quality.get("rating"),
+        quality.get("peak_dbfs"),
+        quality.get("loudness_lufs"),
     )
 
 

@@ -20,9 +20,10 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -52,7 +53,8 @@ class TrainingResult:
         return (
             f"saved {self.model_path} | {r['dataset']['file_count']} files, {r['dataset']['total_seconds']:.1f} s | "
             f"{r['epochs']} epochs ({r['stopped_because']}) | train loss {r['final_train_loss']:.1f}, "
-            f"validation loss {r['final_validation_loss']:.1f} (best {r['best_validation_loss']:.1f} at epoch {r['best_epoch']}) | "
+            f"validation loss {r['final_validation_loss']:.1f} "
+            f"(best {r['best_validation_loss']:.1f} at epoch {r['best_epoch']}) | "
             f"{r['active_latent_dims']}/{r['latent_dim']} latent dims active | "
             f"{r['wall_time_s']:.0f} s, {r['windows_per_second']:.0f} windows/s"
         )
@@ -118,12 +120,16 @@ def _loss_terms(
 
 
 @torch.no_grad()
-def evaluate_windows(model: MelVAE, log_mels: torch.Tensor, beta: float, spectral_weight: float = 0.0, batch_size: int = 64) -> dict[str, float]:
+def evaluate_windows(
+    model: MelVAE, log_mels: torch.Tensor, beta: float, spectral_weight: float = 0.0, batch_size: int = 64
+) -> dict[str, float]:
     """Validation figures on fixed log-mel windows `[N, n_mels, frames]` (posterior means, no noise)."""
     model.eval()
     recon_sum, kl_sum, sc_sum, mus = 0.0, 0.0, 0.0, []
     for start in range(0, log_mels.shape[0], batch_size):
-        reconstruction, kl, mu, convergence = _loss_terms(model, log_mels[start : start + batch_size], None, False, spectral_weight)
+        reconstruction, kl, mu, convergence = _loss_terms(
+            model, log_mels[start : start + batch_size], None, False, spectral_weight
+        )
         recon_sum += reconstruction.sum().item()
         kl_sum += kl.sum().item()
         sc_sum += convergence.sum().item()
@@ -132,11 +138,19 @@ def evaluate_windows(model: MelVAE, log_mels: torch.Tensor, beta: float, spectra
     mu_all = torch.cat(mus)
     active = int((mu_all.var(dim=0, unbiased=False) > ACTIVE_DIM_VARIANCE).sum().item()) if n > 1 else 0
     recon, kl = recon_sum / n, kl_sum / n
-    return {"reconstruction": recon, "kl": kl, "loss": recon + beta * kl, "active_dims": active, "mel_spectral_convergence": sc_sum / n}
+    return {
+        "reconstruction": recon,
+        "kl": kl,
+        "loss": recon + beta * kl,
+        "active_dims": active,
+        "mel_spectral_convergence": sc_sum / n,
+    }
 
 
 @torch.no_grad()
-def windows_to_log_mel(windows: torch.Tensor, settings: SpectrogramSettings, device: torch.device, batch: int = 64) -> torch.Tensor:
+def windows_to_log_mel(
+    windows: torch.Tensor, settings: SpectrogramSettings, device: torch.device, batch: int = 64
+) -> torch.Tensor:
     parts = [log_mel(windows[i : i + batch].to(device), settings) for i in range(0, windows.shape[0], batch)]
     if not parts:
         return torch.empty(0, settings.n_mels, settings.window_frames, device=device)
@@ -167,7 +181,9 @@ def _state_path(state_dir: Path) -> Path:
     return state_dir / "state.pt"
 
 
-def _check_state_matches(state: dict[str, Any], cfg: TrainConfig, settings: SpectrogramSettings, fingerprint: dict[str, Any]) -> None:
+def _check_state_matches(
+    state: dict[str, Any], cfg: TrainConfig, settings: SpectrogramSettings, fingerprint: dict[str, Any]
+) -> None:
     stored_cfg = state["config"]
     current = cfg.to_dict()
     ignored = {"resume", "max_epochs", "max_minutes", "threads", "overwrite"}
@@ -182,7 +198,9 @@ def _check_state_matches(state: dict[str, Any], cfg: TrainConfig, settings: Spec
     if differences:
         raise SdaError(f"resume=true: spectrogram settings differ from the interrupted run: {'; '.join(differences)}")
     if state["dataset"]["content_hash"] != fingerprint["content_hash"]:
-        raise SdaError("resume=true: the dataset changed since the interrupted run (content hash differs); start a new name")
+        raise SdaError(
+            "resume=true: the dataset changed since the interrupted run (content hash differs); start a new name"
+        )
 
 
 def train_model(
@@ -221,20 +239,29 @@ def train_model(
     dataset: LoadedDataset = load_audio_folder(root, sample_rate=settings.sample_rate)  # warns per skipped file
     fingerprint = dataset.fingerprint.to_dict()
 
-    train_clips, val_clips = split_by_file(list(dataset.clips), cfg.dataset.validation_fraction, cfg.seed, settings.sample_rate)
+    train_clips, val_clips = split_by_file(
+        list(dataset.clips), cfg.dataset.validation_fraction, cfg.seed, settings.sample_rate
+    )
     hop_samples = max(1, round(settings.window_samples * cfg.dataset.hop_fraction))
-    train_sampler = WindowSampler(train_clips, settings.window_samples, hop_samples, cfg.dataset.silence_dbfs, _augmentation(cfg))
+    train_sampler = WindowSampler(
+        train_clips, settings.window_samples, hop_samples, cfg.dataset.silence_dbfs, _augmentation(cfg)
+    )
     if len(train_sampler) == 0:
         raise DatasetError(
-            f"dataset.path={str(root)!r}: no usable {settings.window_s:g} s window above {cfg.dataset.silence_dbfs:g} dBFS "
+            f"dataset.path={str(root)!r}: no usable {settings.window_s:g} s window "
+            f"above {cfg.dataset.silence_dbfs:g} dBFS "
             f"in {dataset.fingerprint.total_seconds:.2f} s of audio; need at least one window of sound"
         )
-    val_sampler = WindowSampler(val_clips, settings.window_samples, hop_samples, cfg.dataset.silence_dbfs, Augmentation.none())
+    val_sampler = WindowSampler(
+        val_clips, settings.window_samples, hop_samples, cfg.dataset.silence_dbfs, Augmentation.none()
+    )
     val_windows = val_sampler.fixed_windows() if len(val_sampler) else torch.empty(0, settings.window_samples)
     independent_validation = val_windows.shape[0] > 0
     if not independent_validation:
         log.warning("the validation files hold no usable window; validating on training windows (not independent)")
-        val_windows = WindowSampler(train_clips, settings.window_samples, hop_samples, cfg.dataset.silence_dbfs, Augmentation.none()).fixed_windows()
+        val_windows = WindowSampler(
+            train_clips, settings.window_samples, hop_samples, cfg.dataset.silence_dbfs, Augmentation.none()
+        ).fixed_windows()
 
     hyper = ModelHyperparameters(latent_dim=cfg.latent_dim, channels=tuple(cfg.channels))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -298,11 +325,20 @@ def train_model(
         windows_seen += count
         windows_this_session += count
         val = evaluate_windows(model, val_log_mels, cfg.beta, cfg.spectral_weight)
-        row = {"epoch": epoch, "beta": beta, "train_loss": total / max(count, 1), "validation_loss": val["loss"],
-               "validation_reconstruction": val["reconstruction"], "validation_kl": val["kl"], "validation_mel_spectral_convergence": val["mel_spectral_convergence"],
-               "active_dims": val["active_dims"]}
+        row = {
+            "epoch": epoch,
+            "beta": beta,
+            "train_loss": total / max(count, 1),
+            "validation_loss": val["loss"],
+            "validation_reconstruction": val["reconstruction"],
+            "validation_kl": val["kl"],
+            "validation_mel_spectral_convergence": val["mel_spectral_convergence"],
+            "active_dims": val["active_dims"],
+        }
         history.append(row)
-        progress.set_postfix(train=f"{row['train_loss']:.0f}", val=f"{val['loss']:.0f}", kl=f"{val['kl']:.1f}", active=val["active_dims"])
+        progress.set_postfix(
+            train=f"{row['train_loss']:.0f}", val=f"{val['loss']:.0f}", kl=f"{val['kl']:.1f}", active=val["active_dims"]
+        )
         if on_epoch:
             on_epoch(epoch, row)
 
@@ -310,25 +346,48 @@ def train_model(
         if warmed_up:
             scheduler.step(val["loss"])
             if val["loss"] < best["loss"] - cfg.min_delta:
-                best = {"loss": val["loss"], "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                best = {
+                    "loss": val["loss"],
+                    "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                }
                 stale_epochs = 0
             else:
                 stale_epochs += 1
         elapsed = elapsed_before + time.perf_counter() - started
         if epoch % cfg.checkpoint_every == 0:
             log.info(
-                "epoch %d: train %.1f, validation %.1f (reconstruction %.1f, KL %.1f), %d/%d dims active, beta %.2f, %.0f s",
-                epoch, row["train_loss"], val["loss"], val["reconstruction"], val["kl"], val["active_dims"], cfg.latent_dim, beta, elapsed,
+                "epoch %d: train %.1f, validation %.1f (reconstruction %.1f, KL %.1f), "
+                "%d/%d dims active, beta %.2f, %.0f s",
+                epoch,
+                row["train_loss"],
+                val["loss"],
+                val["reconstruction"],
+                val["kl"],
+                val["active_dims"],
+                cfg.latent_dim,
+                beta,
+                elapsed,
             )
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.max_epochs:
             save_atomic(
                 {
-                    "format_version": STATE_FORMAT_VERSION, "epoch": epoch, "config": cfg.to_dict(),
-                    "spectrogram": settings.to_dict(), "dataset": fingerprint, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(), "history": history, "best_loss": best["loss"],
-                    "best_epoch": best["epoch"], "best_model": best["state"], "windows_seen": windows_seen,
-                    "elapsed_s": elapsed, "stale_epochs": stale_epochs,
+                    "format_version": STATE_FORMAT_VERSION,
+                    "epoch": epoch,
+                    "config": cfg.to_dict(),
+                    "spectrogram": settings.to_dict(),
+                    "dataset": fingerprint,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "best_loss": best["loss"],
+                    "best_epoch": best["epoch"],
+                    "best_model": best["state"],
+                    "windows_seen": windows_seen,
+                    "elapsed_s": elapsed,
+                    "stale_epochs": stale_epochs,
                 },
                 state_file,
             )
@@ -347,10 +406,16 @@ def train_model(
     final_val = evaluate_windows(model, val_log_mels, cfg.beta, cfg.spectral_weight)
     wall_time = elapsed_before + time.perf_counter() - started
     record = {
-        "dataset": {**fingerprint, "path": str(root), "skipped": [{"path": str(s.path), "reason": s.reason} for s in dataset.skipped],
-                    "train_files": len(train_clips), "validation_files": len(val_clips),
-                    "train_windows": len(train_sampler), "validation_windows": int(val_windows.shape[0]),
-                    "independent_validation": independent_validation},
+        "dataset": {
+            **fingerprint,
+            "path": str(root),
+            "skipped": [{"path": str(s.path), "reason": s.reason} for s in dataset.skipped],
+            "train_files": len(train_clips),
+            "validation_files": len(val_clips),
+            "train_windows": len(train_sampler),
+            "validation_windows": int(val_windows.shape[0]),
+            "independent_validation": independent_validation,
+        },
         "epochs": final_epoch,
         "best_epoch": best["epoch"],
         "stopped_because": stopped_because,
@@ -368,7 +433,12 @@ def train_model(
         "augmentation": dataclasses.asdict(_augmentation(cfg)),
         "config": cfg.to_dict(),
         "command": command,
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "threads": torch.get_num_threads(), "device": str(device)},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+        },
         **versions(),
         "history": history,
     }

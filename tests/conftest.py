@@ -46,15 +46,30 @@ def compose_run(*overrides: str):
     return to_run_config(compose_config("config", list(overrides), RunConfig))
 
 
-def run_sda(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_sda(
+    module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m sda.<module> args...` in `cwd` and capture its output."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", f"sda.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment
+        [sys.executable, "-m", f"sda.{module}", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
     )
 
 
-def tone_file(path: Path, seconds: float, freq: float, sample_rate: int = SR, channels: int = 1, level_db: float = -6.0, seed: int = 0) -> Path:
+def tone_file(
+    path: Path,
+    seconds: float,
+    freq: float,
+    sample_rate: int = SR,
+    channels: int = 1,
+    level_db: float = -6.0,
+    seed: int = 0,
+) -> Path:
     """A decaying harmonic tone with a little noise, written with soundfile."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sample_rate)) / sample_rate
@@ -75,7 +90,14 @@ def make_tiny_dataset(folder: Path, files: int = 6, seconds: float = 2.0) -> Pat
     return folder
 
 
-TINY_MODEL = ["latent_dim=8", "channels=[4,8,8]", "batch_size=8", "checkpoint_every=2", "kl_warmup_epochs=2", "patience=50"]
+TINY_MODEL = [
+    "latent_dim=8",
+    "channels=[4,8,8]",
+    "batch_size=8",
+    "checkpoint_every=2",
+    "kl_warmup_epochs=2",
+    "patience=50",
+]
 
 
 @pytest.fixture(scope="session")

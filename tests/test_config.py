@@ -29,7 +29,11 @@ def compose_run(*overrides: str) -> RunConfig:
 def test_defaults_compose_into_a_sealed_generation_config():
     cfg = compose_run()
     assert isinstance(cfg, GenerationConfig)
-    assert (cfg.chunking.mode, cfg.stereo.mode, cfg.export.format.value) == (ChunkingMode.crossfade, StereoMode.mono, "wav")
+    assert (cfg.chunking.mode, cfg.stereo.mode, cfg.export.format.value) == (
+        ChunkingMode.crossfade,
+        StereoMode.mono,
+        "wav",
+    )
     assert (cfg.export.sample_rate, cfg.export.bit_depth) == (48000, 24)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
@@ -40,7 +44,10 @@ def test_defaults_compose_into_a_sealed_generation_config():
 @pytest.mark.parametrize(
     "overrides, check",
     [
-        (["stereo=dual_seed", "export.sample_rate=96000"], lambda c: c.stereo.mode == StereoMode.dual_seed and c.export.sample_rate == 96000),
+        (
+            ["stereo=dual_seed", "export.sample_rate=96000"],
+            lambda c: c.stereo.mode == StereoMode.dual_seed and c.export.sample_rate == 96000,
+        ),
         (["chunking=latent_interp"], lambda c: c.chunking.mode == ChunkingMode.latent_interp),
         (["export=flac", "export.bit_depth=16"], lambda c: (c.export.format.value, c.export.bit_depth) == ("flac", 16)),
         (["export=ogg"], lambda c: c.export.format.value == "ogg"),
@@ -57,7 +64,12 @@ def test_valid_overrides_compose(overrides, check):
     "overrides, key, value, allowed",
     [
         (["+foo=1"], "foo", "1", "unknown key; keys at the top level: batch_size, chunking, count"),
-        (["+export.foo=1"], "export.foo", "1", "unknown key; keys in export: bit_depth, format, ogg_quality, sample_rate"),
+        (
+            ["+export.foo=1"],
+            "export.foo",
+            "1",
+            "unknown key; keys in export: bit_depth, format, ogg_quality, sample_rate",
+        ),
         (["+stereo.extra=2"], "stereo.extra", "2", "unknown key; keys in stereo: haas_ms, mode, width"),
         (["foo=1"], "foo", "1", "unknown key"),
         (["duration_s=abc"], "duration_s", "abc", "expected a float"),
@@ -121,7 +133,14 @@ def test_preflight_validates_every_sweep_point_before_anything_runs():
     overrides = ["seed=range(0,2000)", "export.sample_rate=44100,48000,4800"]
     with pytest.raises(ConfigError, match=r"export.sample_rate=4800 is not allowed"):
         plan("config", overrides, True, RunConfig, to_run_config, fast_keys={"seed": with_seed})
-    configs = plan("config", ["seed=range(0,2000)", "chunking=crossfade,latent_interp"], True, RunConfig, to_run_config, fast_keys={"seed": with_seed}).configs
+    configs = plan(
+        "config",
+        ["seed=range(0,2000)", "chunking=crossfade,latent_interp"],
+        True,
+        RunConfig,
+        to_run_config,
+        fast_keys={"seed": with_seed},
+    ).configs
     assert len(configs) == 4000
     assert {c.seed for c in configs} == set(range(2000))
     with pytest.raises(ConfigError, match=r"seed=-1"):

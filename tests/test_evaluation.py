@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import torch
-
 from conftest import run_sda
+
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.evaluation import frame_statistics, frechet_distance, shaped_noise
 
@@ -43,7 +43,13 @@ def test_evaluate_command_writes_the_table_and_the_shipped_model_beats_both_base
     out = tmp_path / "evaluation.json"
     corpus = tmp_path / "demo_corpus"  # synthesised by the command: same content as the training corpus
     done = run_sda(
-        "evaluate", "generated_clips=8", "clip_s=2", f"dataset.path={corpus}", f"output={out}", cwd=tmp_path, timeout=600
+        "evaluate",
+        "generated_clips=8",
+        "clip_s=2",
+        f"dataset.path={corpus}",
+        f"output={out}",
+        cwd=tmp_path,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())

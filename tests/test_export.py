@@ -10,7 +10,7 @@ import json
 import math
 import re
 import signal
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -83,11 +83,19 @@ def as_format(result: GenerationResult, format: str, bit_depth: int) -> Generati
 
 def silent_result(frames: int = 4800) -> GenerationResult:
     audio = np.zeros((1, frames), np.float32)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return GenerationResult(
-        seed=0, right_seed=None, audio=audio, sample_rate=48000, metrics=measure_quality(torch.from_numpy(audio), 48000),
-        config=GenerationConfig(duration_s=0.1, device="cpu"), model_name="test", model_sha256="0" * 64,
-        device="cpu", started_at=now, finished_at=now,
+        seed=0,
+        right_seed=None,
+        audio=audio,
+        sample_rate=48000,
+        metrics=measure_quality(torch.from_numpy(audio), 48000),
+        config=GenerationConfig(duration_s=0.1, device="cpu"),
+        model_name="test",
+        model_sha256="0" * 64,
+        device="cpu",
+        started_at=now,
+        finished_at=now,
     )
 
 
@@ -96,7 +104,9 @@ def silent_result(frames: int = 4800) -> GenerationResult:
 
 
 @pytest.mark.parametrize("format, bit_depth, container, subtype", FORMATS, ids=FORMAT_IDS)
-def test_each_format_reads_back_with_its_rate_channels_subtype_frames_and_tags(stereo_results, tmp_path, format, bit_depth, container, subtype):
+def test_each_format_reads_back_with_its_rate_channels_subtype_frames_and_tags(
+    stereo_results, tmp_path, format, bit_depth, container, subtype
+):
     result = as_format(stereo_results[44100], format, bit_depth)
     saved = save_result(result, tmp_path)
     assert saved.audio_path.suffix == f".{format}"
@@ -148,7 +158,9 @@ def test_non_finite_or_misshapen_audio_and_unknown_tags_are_refused():
 
 @pytest.mark.parametrize("format, bit_depth, container, subtype", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("rate", RATES)
-def test_written_file_peaks_at_most_minus_1_dbfs_and_never_clips(stereo_results, tmp_path, rate, format, bit_depth, container, subtype):
+def test_written_file_peaks_at_most_minus_1_dbfs_and_never_clips(
+    stereo_results, tmp_path, rate, format, bit_depth, container, subtype
+):
     saved = save_result(as_format(stereo_results[rate], format, bit_depth), tmp_path)
     decoded, read_rate = sf.read(saved.audio_path, dtype="float64", always_2d=True)
     assert read_rate == rate
@@ -234,13 +246,13 @@ def test_the_same_audio_always_encodes_to_the_same_bytes(format, bit_depth):
 
 
 def test_output_names_follow_gen_utc_timestamp_seed(stereo_results, tmp_path):
-    before = datetime.now(timezone.utc).replace(microsecond=0)
+    before = datetime.now(UTC).replace(microsecond=0)
     saved = save_result(stereo_results[48000], tmp_path)
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     match = NAME.match(saved.audio_path.name)
     assert match and match.group(2) == "11" and match.group(4) == "wav", saved.audio_path.name
     assert saved.sidecar_path.name == saved.audio_path.with_suffix(".json").name
-    stamp = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    stamp = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     assert before <= stamp <= after
 
     eastern = datetime(2026, 11, 24, 3, 15, 22, tzinfo=timezone(timedelta(hours=-5)))
@@ -250,7 +262,7 @@ def test_output_names_follow_gen_utc_timestamp_seed(stereo_results, tmp_path):
 
 
 def test_taken_names_get_2_then_3_and_nothing_is_overwritten(stereo_results, tmp_path):
-    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     first = reserve_output_paths(tmp_path, when, 7, "wav")
     assert [p.name for p in first] == ["gen_20260102T030405Z_seed7.wav", "gen_20260102T030405Z_seed7.json"]
     first[0].write_bytes(b"taken")

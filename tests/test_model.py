@@ -36,8 +36,14 @@ def saved(tmp_path: Path, small_vae: MelVAE) -> Path:
     "settings, hyper",
     [
         (SpectrogramSettings(), ModelHyperparameters()),
-        (SpectrogramSettings(n_fft=1024, hop_length=256, n_mels=80, window_s=0.75), ModelHyperparameters(latent_dim=16, channels=(8, 16, 32))),
-        (SpectrogramSettings(hop_length=300, n_mels=100, window_s=1.3), ModelHyperparameters(latent_dim=5, channels=(3,))),
+        (
+            SpectrogramSettings(n_fft=1024, hop_length=256, n_mels=80, window_s=0.75),
+            ModelHyperparameters(latent_dim=16, channels=(8, 16, 32)),
+        ),
+        (
+            SpectrogramSettings(hop_length=300, n_mels=100, window_s=1.3),
+            ModelHyperparameters(latent_dim=5, channels=(3,)),
+        ),
     ],
 )
 def test_every_layer_is_built_at_construction_and_decoding_gives_mel_windows(settings, hyper):
@@ -114,7 +120,10 @@ def test_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path: 
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("version, expected", [(CHECKPOINT_FORMAT_VERSION + 1, "newer than this sda reads"), (0, "unknown"), ("1", "unknown")])
+@pytest.mark.parametrize(
+    "version, expected",
+    [(CHECKPOINT_FORMAT_VERSION + 1, "newer than this sda reads"), (0, "unknown"), ("1", "unknown")],
+)
 def test_unknown_or_newer_format_version_is_refused(tmp_path: Path, small_vae: MelVAE, version, expected):
     record = checkpoint_record(small_vae, {})
     record["format_version"] = version
@@ -143,7 +152,17 @@ def test_shipped_default_model_loads_and_is_small():
     loaded = load_model("default", "cpu", expected_settings=SpectrogramSettings())
     assert loaded.path.stat().st_size <= 8 * 1024 * 1024
     record = loaded.training
-    for key in ("dataset", "epochs", "final_train_loss", "final_validation_loss", "wall_time_s", "sda_version", "torch_version", "config", "command"):
+    for key in (
+        "dataset",
+        "epochs",
+        "final_train_loss",
+        "final_validation_loss",
+        "wall_time_s",
+        "sda_version",
+        "torch_version",
+        "config",
+        "command",
+    ):
         assert key in record, key
     assert {"file_count", "total_seconds", "content_hash"} <= set(record["dataset"])
     assert "dataset=demo" in record["command"]

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import ONE_THREAD, REPO, compose_run, sda_run
+
 from sda.cli import plan
 from sda.config import RunConfig, StereoMode, to_run_config, with_seed
 from sda.dsp.spectrogram import SpectrogramSettings
@@ -69,7 +69,9 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(tmp_path):
     job = tmp_path / "job"
     command = [sys.executable, "-m", "sda.run", *settings, f"hydra.run.dir={job}"]
     environment = {**os.environ, **ONE_THREAD}
-    proc = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while len(list(job.glob("gen_*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -96,9 +98,7 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(tmp_path):
     assert all(verify_output(s).ok for s in job.glob("gen_*.json"))
 
     # resume=PATH replays the stored command into the same folder.
-    assert resume_command(job, ["device=cpu"]) == [
-        f"hydra.run.dir={job}", "hydra.mode=RUN", *settings, "device=cpu"
-    ]
+    assert resume_command(job, ["device=cpu"]) == [f"hydra.run.dir={job}", "hydra.mode=RUN", *settings, "device=cpu"]
 
 
 def test_resume_of_a_sweep_replays_its_config_name_dir_and_overrides(tmp_path):
@@ -112,8 +112,16 @@ def test_resume_of_a_sweep_replays_its_config_name_dir_and_overrides(tmp_path):
         f"  runtime:\n    config_sources: [{{path: {JOBS}, schema: file, provider: command-line}}]\n"
     )
     assert resume_command(sweep, ["-m", "duration_s=0.5"]) == [
-        "-m", "--config-name", "overnight", "--config-dir", str(JOBS),
-        "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}", "seed=0", "count=1", "duration_s=0.5",
+        "-m",
+        "--config-name",
+        "overnight",
+        "--config-dir",
+        str(JOBS),
+        "hydra/launcher=joblib",
+        f"hydra.sweep.dir={sweep}",
+        "seed=0",
+        "count=1",
+        "duration_s=0.5",
     ]
 
 
@@ -136,7 +144,9 @@ def half_broken_checkpoint(tmp_path_factory) -> Path:
 def test_failing_item_is_recorded_and_the_rest_of_its_batch_written(tmp_path, half_broken_checkpoint):
     first_coordinate = {seed: sample_latents(seed, 1, 8)[0, 0].item() for seed in (3, 4, 5)}
     assert first_coordinate[3] > 0 > max(first_coordinate[4], first_coordinate[5])
-    config = compose_run(f"model.checkpoint={half_broken_checkpoint}", "seed=3", "count=3", "batch_size=3", "duration_s=0.5")
+    config = compose_run(
+        f"model.checkpoint={half_broken_checkpoint}", "seed=3", "count=3", "batch_size=3", "duration_s=0.5"
+    )
 
     outcome = run_job(config, tmp_path / "job")
 
@@ -157,8 +167,14 @@ def test_failing_item_is_recorded_and_the_rest_of_its_batch_written(tmp_path, ha
 @pytest.mark.slow
 def test_sweep_with_a_failing_item_runs_every_job_and_exits_1(tmp_path, half_broken_checkpoint):
     proc = sda_run(
-        "-m", f"model.checkpoint={half_broken_checkpoint},default", "seed=3", "count=2", "batch_size=2",
-        "duration_s=0.5", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+        "-m",
+        f"model.checkpoint={half_broken_checkpoint},default",
+        "seed=3",
+        "count=2",
+        "batch_size=2",
+        "duration_s=0.5",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
     )
     assert proc.returncode == 1, proc.stderr + proc.stdout
     assert "sda: 3 done / 0 skipped / 1 failed in 2 jobs" in summary_line(proc.stdout + proc.stderr)
@@ -250,7 +266,9 @@ def test_tiny_overnight_runs_from_its_script_then_resumes_from_its_folder(tmp_pa
     shutil.copytree(JOBS, tmp_path / "jobs")
     environment = {**os.environ, **ONE_THREAD, "SDA_PYTHON": sys.executable}
     tiny = ["seed=0", "count=1", "duration_s=0.5"]
-    proc = subprocess.run([str(tmp_path / "jobs" / "overnight.sh"), *tiny], env=environment, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(tmp_path / "jobs" / "overnight.sh"), *tiny], env=environment, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     night = tmp_path / "outputs" / "jobs" / "overnight" / (datetime.now() - timedelta(hours=12)).strftime("%Y-%m-%d")
     modes = set()
@@ -300,7 +318,11 @@ def test_launchers_make_the_same_job_folders_and_summary(tmp_path, launcher):
 def test_reproduce_makes_the_same_audio_bytes_and_takes_overrides(tmp_path, caplog):
     source = tmp_path / "source"
     # Made in a batch of three, reproduced alone: an item's audio must not depend on its batch.
-    run_job(compose_run("seed=5", "count=3", "batch_size=3", "duration_s=0.5", "chunking=latent_interp", "stereo=mid_side"), source, base_dir=REPO)
+    run_job(
+        compose_run("seed=5", "count=3", "batch_size=3", "duration_s=0.5", "chunking=latent_interp", "stereo=mid_side"),
+        source,
+        base_dir=REPO,
+    )
     [sidecar] = [p for p in source.glob("gen_*.json") if json.loads(p.read_text())["seed"] == 6]
     original = json.loads(sidecar.read_text())
 
@@ -308,11 +330,15 @@ def test_reproduce_makes_the_same_audio_bytes_and_takes_overrides(tmp_path, capl
     assert proc.returncode == 0, proc.stderr + proc.stdout
     [made] = [json.loads(p.read_text()) for p in (tmp_path / "again").glob("gen_*.json")]
     assert made["identity"] == original["identity"]
-    assert made["file"]["sha256"] == original["file"]["sha256"] == file_sha256(tmp_path / "again" / made["file"]["name"])
+    assert (
+        made["file"]["sha256"] == original["file"]["sha256"] == file_sha256(tmp_path / "again" / made["file"]["name"])
+    )
     assert made["reproduced_from"]["identity"] == original["identity"]
     assert re.search(r"reproduced gen_\S+ exactly", proc.stdout + proc.stderr)
 
-    proc = sda_run(f"reproduce={sidecar}", "duration_s=1", "export.sample_rate=96000", "hydra.run.dir=longer", cwd=tmp_path)
+    proc = sda_run(
+        f"reproduce={sidecar}", "duration_s=1", "export.sample_rate=96000", "hydra.run.dir=longer", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     [made] = [json.loads(p.read_text()) for p in (tmp_path / "longer").glob("gen_*.json")]
     info = sf.info(str(tmp_path / "longer" / made["file"]["name"]))
@@ -320,7 +346,10 @@ def test_reproduce_makes_the_same_audio_bytes_and_takes_overrides(tmp_path, capl
     assert made["seed"] == 6 and made["config"]["count"] == 1
     assert made["config"]["chunking"] == original["config"]["chunking"]
     assert made["config"]["stereo"] == original["config"]["stereo"]
-    assert "differs from gen_" in proc.stdout + proc.stderr and "in duration_s, export.sample_rate" in proc.stdout + proc.stderr
+    assert (
+        "differs from gen_" in proc.stdout + proc.stderr
+        and "in duration_s, export.sample_rate" in proc.stdout + proc.stderr
+    )
 
 
 def test_a_folder_another_process_is_writing_into_is_refused(tmp_path):

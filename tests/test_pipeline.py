@@ -185,7 +185,12 @@ def join_ratios(audio: np.ndarray, joins: list[int], half: int = 32) -> tuple[fl
 
     jumps = np.abs(np.diff(x))
     spectrum = torch.stft(
-        torch.from_numpy(x), 256, 64, window=torch.hann_window(256, dtype=torch.float64), center=True, return_complex=True
+        torch.from_numpy(x),
+        256,
+        64,
+        window=torch.hann_window(256, dtype=torch.float64),
+        center=True,
+        return_complex=True,
     ).abs()
     level = 20 * torch.log10(spectrum + 1e-5)
     flux = (level[:, 1:] - level[:, :-1]).clamp(min=0).mean(dim=0).numpy()
@@ -218,10 +223,14 @@ def test_latent_interp_joins_at_anchors_and_windows_show_no_click_or_spectral_ju
     window_hop = settings.window_frames // 2 * settings.hop_length  # where overlap-added windows meet
     for result in GenerationPipeline(shipped, config).generate([0, 1, 2]):
         anchors = [k * SR for k in (1, 2)]
-        windows = [k * window_hop for k in range(1, result.frames // window_hop + 1) if k * window_hop < result.frames - 64]
+        windows = [
+            k * window_hop for k in range(1, result.frames // window_hop + 1) if k * window_hop < result.frames - 64
+        ]
         for name, joins in (("anchor", anchors), ("window", windows)):
             clicks, flux = join_ratios(result.audio[0], joins)
-            assert clicks <= 2.0, f"seed {result.seed}: jump at {name} joins {clicks:.2f} x the 99th percentile elsewhere"
+            assert clicks <= 2.0, (
+                f"seed {result.seed}: jump at {name} joins {clicks:.2f} x the 99th percentile elsewhere"
+            )
             assert flux <= 1.5, f"seed {result.seed}: flux at {name} joins {flux:.2f} x the 99th percentile elsewhere"
 
 
@@ -242,7 +251,9 @@ def test_every_result_holds_exactly_the_requested_frames_at_minus_1_dbfs(tiny, d
             assert result.frames == expected
             assert result.audio.dtype == np.float32
             peak = np.abs(result.audio.astype(np.float64)).max()
-            assert 10 ** (-1.0001 / 20) <= peak <= CEILING, f"{chunking} seed {result.seed}: peak {peak_dbfs(result.audio)} dBFS"
+            assert 10 ** (-1.0001 / 20) <= peak <= CEILING, (
+                f"{chunking} seed {result.seed}: peak {peak_dbfs(result.audio)} dBFS"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,8 +332,19 @@ def test_sidecar_records_everything_needed_to_reproduce_the_output(shipped, batc
     assert record["file"]["frames"] == SR
     assert record["file"]["name"] == saved.audio_path.name
     quality = record["quality"]
-    for key in ("snr_db", "clipped_samples", "clipped_percent", "longest_clip_run", "peak_dbfs", "rms_dbfs",
-                "dc_offset", "silent_frame_fraction", "lr_correlation", "rating", "rating_reason"):
+    for key in (
+        "snr_db",
+        "clipped_samples",
+        "clipped_percent",
+        "longest_clip_run",
+        "peak_dbfs",
+        "rms_dbfs",
+        "dc_offset",
+        "silent_frame_fraction",
+        "lr_correlation",
+        "rating",
+        "rating_reason",
+    ):
         assert key in quality, key
     assert quality == result.metrics.to_dict()
     # the complete resolved config: it rebuilds the very config that made the output
@@ -397,7 +419,9 @@ def test_out_of_memory_halves_the_batch_down_to_what_fits_and_keeps_the_audio(ti
     assert pipeline.attempts == [5, 4, 2, 2, 1]
     assert pipeline.last_batch_sizes == [2, 2, 1]
     assert [r.seed for r in results] == [0, 1, 2, 3, 4]
-    unbatched = GenerationPipeline(tiny, make_config(duration_s=0.3, chunking="latent_interp", batch_size=1, iterations=4))
+    unbatched = GenerationPipeline(
+        tiny, make_config(duration_s=0.3, chunking="latent_interp", batch_size=1, iterations=4)
+    )
     for result in results:
         assert np.abs(result.audio - unbatched.generate([result.seed])[0].audio).max() <= 1e-5
 
@@ -436,7 +460,11 @@ def test_other_runtime_errors_are_not_retried(tiny):
 
 def long_term_spectrum_db(audio: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(audio.astype(np.float64))
-    power = torch.stft(x, 2048, 512, window=torch.hann_window(2048, dtype=torch.float64), return_complex=True).abs().square()
+    power = (
+        torch.stft(x, 2048, 512, window=torch.hann_window(2048, dtype=torch.float64), return_complex=True)
+        .abs()
+        .square()
+    )
     return (10 * torch.log10(power.mean(dim=-1) + 1e-20)).numpy()
 
 
@@ -448,7 +476,7 @@ def test_cuda_render_has_the_exact_length_and_peak_and_sounds_like_the_cpu_rende
     config = make_config(duration_s=2.0, sample_rate=44100, stereo="dual_seed")
     gpu = GenerationPipeline(shipped, config, device="cuda").generate([0, 1, 2])
     cpu = GenerationPipeline(shipped, config, device="cpu").generate([0, 1, 2])
-    for on_gpu, on_cpu in zip(gpu, cpu):
+    for on_gpu, on_cpu in zip(gpu, cpu, strict=True):
         assert on_gpu.device.startswith("cuda")
         assert on_gpu.audio.shape == on_cpu.audio.shape == (2, round(2.0 * 44100))
         peak = np.abs(on_gpu.audio.astype(np.float64)).max()

@@ -19,9 +19,13 @@ def quick_start_commands() -> list[str]:
 
 
 def ci_commands() -> list[str]:
+    """The commands between `set -x` and the marker of CI's own checks."""
     lines = (REPO / ".ci" / "run").read_text().splitlines()
     after_trace = lines[lines.index("set -x") + 1 :]
-    return [line.strip() for line in after_trace if line.strip() and not line.startswith("#")]
+    quick_start = after_trace[
+        : next(i for i, line in enumerate(after_trace) if line.startswith("# --- CI's own checks"))
+    ]
+    return [line.strip() for line in quick_start if line.strip() and not line.startswith("#")]
 
 
 def test_quick_start_is_two_commands_install_and_run_then_tests():

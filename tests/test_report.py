@@ -18,7 +18,7 @@ import shutil
 import struct
 import subprocess
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import run_sda
 
-from sda import GenerationConfig, GenerationResult
-from sda import callbacks
+from sda import GenerationConfig, GenerationResult, callbacks
 from sda.config import AudioFormat, ExportConfig
 from sda.dsp.quality import measure_quality
 from sda.dsp.spectrogram import SpectrogramSettings
@@ -46,8 +46,6 @@ from sda.report import (
 from sda.runner import OUTCOME_FILE, ItemOutcome, JobOutcome
 from sda.seeds import right_seed
 
-from conftest import run_sda
-
 FAILED_SEED = 13
 FAILED_REASON = "silent audio (peak -inf dBFS)"
 SINE_HZ = 1000.0
@@ -58,7 +56,7 @@ SINE_HZ = 1000.0
 
 
 def _result(audio: np.ndarray, seed: int, config: GenerationConfig) -> GenerationResult:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return GenerationResult(
         seed=seed,
         right_seed=None,
@@ -90,15 +88,24 @@ def _write_outcome(job: Path, items: list[ItemOutcome]) -> None:
 def _done_item(saved) -> ItemOutcome:
     quality = saved.record["quality"]
     return ItemOutcome(
-        saved.record["seed"], saved.identity, "done", "", saved.audio_path.name, saved.sidecar_path.name,
-        quality["rating"], quality["peak_dbfs"], quality["loudness_lufs"],
+        saved.record["seed"],
+        saved.identity,
+        "done",
+        "",
+        saved.audio_path.name,
+        saved.sidecar_path.name,
+        quality["rating"],
+        quality["peak_dbfs"],
+        quality["loudness_lufs"],
     )
 
 
 def _add_synthetic_job(sweep: Path) -> dict[str, Path]:
     """Job 2: a half-second 1 kHz sine then silence (yellow), a DC-offset noise (red), one failed item."""
     job = _job_folder(sweep, "2", ["export=flac"])
-    config = GenerationConfig(duration_s=1.0, device="cpu", export=ExportConfig(format=AudioFormat.flac, sample_rate=44100, bit_depth=16))
+    config = GenerationConfig(
+        duration_s=1.0, device="cpu", export=ExportConfig(format=AudioFormat.flac, sample_rate=44100, bit_depth=16)
+    )
     sr = config.export.sample_rate
     t = np.arange(sr) / sr
     sine = np.where(t < 0.5, 0.5 * np.sin(2 * math.pi * SINE_HZ * t), 0.0)[None]
@@ -132,8 +139,17 @@ def sweep(tmp_path_factory) -> dict:
     checkpoint = save_checkpoint(vae, {"note": "untrained, for tests"}, root / "tiny.pt")
     folder = root / "sweep"
     proc = run_sda(
-        "run", "-m", "stereo=dual_seed,mono", "count=2", "duration_s=1", "device=cpu", "phase.iterations=4",
-        f"model.checkpoint={checkpoint}", f"hydra.sweep.dir={folder}", cwd=root, timeout=240,
+        "run",
+        "-m",
+        "stereo=dual_seed,mono",
+        "count=2",
+        "duration_s=1",
+        "device=cpu",
+        "phase.iterations=4",
+        f"model.checkpoint={checkpoint}",
+        f"hydra.sweep.dir={folder}",
+        cwd=root,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     first_manifest = list(csv.DictReader((folder / "manifest.csv").open()))
@@ -198,12 +214,19 @@ def test_manifest_has_one_row_per_output_matching_sidecars_and_headers(sweep):
     rows = _manifest(folder)
     assert tuple(rows[0].keys()) == MANIFEST_COLUMNS
     sidecars = sorted(p for job in _job_dirs(folder) for p in job.glob("gen_*.json"))
-    audio_files = sorted(p for job in _job_dirs(folder) for p in job.glob("gen_*") if p.suffix in (".wav", ".flac", ".ogg"))
+    audio_files = sorted(
+        p for job in _job_dirs(folder) for p in job.glob("gen_*") if p.suffix in (".wav", ".flac", ".ogg")
+    )
     failed_items = [
-        item for job in _job_dirs(folder) for item in json.loads((job / OUTCOME_FILE).read_text())["items"] if item["status"] == "failed"
+        item
+        for job in _job_dirs(folder)
+        for item in json.loads((job / OUTCOME_FILE).read_text())["items"]
+        if item["status"] == "failed"
     ]
     assert len(rows) == len(sidecars) + len(failed_items)
-    assert sorted(row["sidecar"] for row in rows if row["sidecar"]) == [p.relative_to(folder).as_posix() for p in sidecars]
+    assert sorted(row["sidecar"] for row in rows if row["sidecar"]) == [
+        p.relative_to(folder).as_posix() for p in sidecars
+    ]
     listed = {row["file"] for row in rows if row["file"]}
     assert {p.relative_to(folder).as_posix() for p in audio_files} <= listed
 
@@ -384,17 +407,32 @@ def _chromium_dump(url: str, profile: Path) -> str:
     binary = shutil.which("chromium")
     proc = subprocess.run(
         [
-            binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--allow-file-access-from-files", f"--user-data-dir={profile}", "--dump-dom", url,
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-file-access-from-files",
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            url,
         ],
-        capture_output=True, text=True, timeout=90,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium binary on PATH (apt-get install chromium) to run the page's script")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="no chromium binary on PATH (apt-get install chromium) to run the page's script",
+)
 def test_page_script_runs_in_a_real_browser_and_sorts_by_rating(sweep, tmp_path):
     folder = sweep["folder"]
     rows = _manifest(folder)
@@ -405,12 +443,16 @@ def test_page_script_runs_in_a_real_browser_and_sorts_by_rating(sweep, tmp_path)
     assert page.attributes["body"].get("data-sorted-by") == "rating"
     assert page.texts["js-count"].startswith(f"{len(rows)} rows: 6 done, 2 broken, 1 failed")
     assert len(page.rows) == len(rows)
-    assert sorted(r["data-file"] for r in page.rows if r["data-file"]) == sorted(row["file"] for row in rows if row["file"])
+    assert sorted(r["data-file"] for r in page.rows if r["data-file"]) == sorted(
+        row["file"] for row in rows if row["file"]
+    )
     assert [int(r["data-position"]) for r in page.rows] == list(range(len(rows)))
     rank = {"green": 0, "yellow": 1, "red": 2}
     by_file = {row["file"]: row for row in rows if row["file"]}
     order = [
-        rank[by_file[r["data-file"]]["rating"]] if r["data-status"] == "done" else 3 + ("broken", "failed").index(r["data-status"])
+        rank[by_file[r["data-file"]]["rating"]]
+        if r["data-status"] == "done"
+        else 3 + ("broken", "failed").index(r["data-status"])
         for r in page.rows
     ]
     assert order == sorted(order), order
@@ -422,7 +464,8 @@ def test_jobs_that_died_failed_whole_or_lost_a_sidecar_are_reported(tmp_path):
     # every item of this job failed: its settings come from Hydra's config.yaml in the folder
     all_failed = _job_folder(folder, "0", ["stereo=dual_seed"])
     (all_failed / ".hydra" / "config.yaml").write_text(
-        "duration_s: 2.0\nchunking:\n  mode: latent_interp\nstereo:\n  mode: dual_seed\nexport:\n  format: ogg\n  sample_rate: 48000\n  bit_depth: 16\n"
+        "duration_s: 2.0\nchunking:\n  mode: latent_interp\nstereo:\n  mode: dual_seed\n"
+        "export:\n  format: ogg\n  sample_rate: 48000\n  bit_depth: 16\n"
     )
     _write_outcome(all_failed, [ItemOutcome(5, "ab" * 8, "failed", "RuntimeError: boom")])
     # this job's process died: no outcome.json, and an audio file whose sidecar is gone
@@ -435,7 +478,12 @@ def test_jobs_that_died_failed_whole_or_lost_a_sidecar_are_reported(tmp_path):
         ("1", "broken", "no sidecar"),
     ]
     failed = rows[0]
-    assert (failed["chunking"], failed["stereo"], failed["format"], failed["duration_s"]) == ("latent_interp", "dual_seed", "ogg", "2")
+    assert (failed["chunking"], failed["stereo"], failed["format"], failed["duration_s"]) == (
+        "latent_interp",
+        "dual_seed",
+        "ogg",
+        "2",
+    )
     assert int(failed["right_seed"]) == right_seed(5)
     text = index.read_text()
     assert "job 1: no outcome.json" in text
@@ -449,7 +497,10 @@ def test_a_single_run_folder_is_its_own_job(tmp_path):
     write_report(tmp_path, [tmp_path])
     (row,) = _manifest(tmp_path)
     assert (row["job"], row["file"], row["status"]) == (".", saved.audio_path.name, "done")
-    assert row["spectrogram"].startswith("spectrograms/") and read_png(tmp_path / row["spectrogram"]).shape[:2] == (120, 400)
+    assert row["spectrogram"].startswith("spectrograms/") and read_png(tmp_path / row["spectrogram"]).shape[:2] == (
+        120,
+        400,
+    )
     assert f'src="{saved.audio_path.name}"' in (tmp_path / "index.html").read_text()
 
 
@@ -469,4 +520,6 @@ def test_a_report_that_cannot_be_written_is_logged_and_the_sweep_goes_on(tmp_pat
         callbacks._finish(tmp_path, [job])
     assert (tmp_path / "summary.json").is_file()
     assert callbacks.RunStatus.exit_code == 0
-    assert any("could not write the report" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records)
+    assert any(
+        "could not write the report" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records
+    )

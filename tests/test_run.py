@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-
 from conftest import REPO, compose_run, sda_run
+
 from sda.config import StereoMode
 from sda.errors import ConfigError
 from sda.export import file_sha256
@@ -134,11 +134,19 @@ def test_multirun_makes_one_job_folder_per_point_and_one_summary(tmp_path):
         points.add((record["seed"], record["config"]["chunking"]["mode"]))
     assert points == {(s, c) for s in (0, 1) for c in ("crossfade", "latent_interp")}
     summary = json.loads((sweep / "summary.json").read_text())
-    assert (summary["jobs"], summary["done"], summary["skipped"], summary["failed"], summary["ok"]) == (4, 4, 0, 0, True)
+    assert (summary["jobs"], summary["done"], summary["skipped"], summary["failed"], summary["ok"]) == (
+        4,
+        4,
+        0,
+        0,
+        True,
+    )
     assert "sda: 4 done / 0 skipped / 0 failed in 4 jobs" in summary_line(proc.stdout + proc.stderr)
 
 
-def test_model_is_loaded_once_for_all_jobs_of_a_process_and_outputs_go_where_told(tmp_path, monkeypatch, caplog, capsys):
+def test_model_is_loaded_once_for_all_jobs_of_a_process_and_outputs_go_where_told(
+    tmp_path, monkeypatch, caplog, capsys
+):
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -168,14 +176,18 @@ def test_override_text_round_trips_through_hydra():
 
 
 def test_reproduce_overrides_carry_the_sidecar_and_let_the_command_line_win():
-    original = compose_run("stereo=mid_side", "stereo.width=0.5", "chunking=latent_interp", "duration_s=3", "seed=40", "count=5")
+    original = compose_run(
+        "stereo=mid_side", "stereo.width=0.5", "chunking=latent_interp", "duration_s=3", "seed=40", "count=5"
+    )
     record = {"seed": 42, "config": original.generation_fields()}
 
     again = compose_run(*reproduce_overrides(record, []))
     assert (again.seed, again.count) == (42, 1)
     assert again.generation_fields() | {"seed": 40, "count": 5} == original.generation_fields()
 
-    changed = compose_run(*reproduce_overrides(record, ["duration_s=2", "export.sample_rate=96000", "stereo=dual_seed"]))
+    changed = compose_run(
+        *reproduce_overrides(record, ["duration_s=2", "export.sample_rate=96000", "stereo=dual_seed"])
+    )
     assert (changed.duration_s, changed.export.sample_rate, changed.seed) == (2.0, 96000, 42)
     assert changed.stereo.mode == StereoMode.dual_seed and changed.stereo.width == 1.0  # the whole group replaced
     assert changed.chunking == original.chunking

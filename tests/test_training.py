@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_MODEL, make_tiny_dataset, run_sda, tone_file
 
 from sda.cli import compose_config
 from sda.config import TrainConfig, to_train_config
@@ -21,8 +22,6 @@ from sda.dsp.spectrogram import log_mel
 from sda.evaluation import untrained_like
 from sda.model import load_model
 from sda.training import train_model
-
-from conftest import TINY_MODEL, make_tiny_dataset, run_sda, tone_file
 
 
 def reconstruction_l1(vae, windows: torch.Tensor) -> float:
@@ -48,7 +47,9 @@ def test_training_command_makes_a_model_that_reconstructs_better_than_untrained(
     assert record["windows_per_second"] > 0 and record["wall_time_s"] > 0
     assert 0 <= record["active_latent_dims"] <= 8
 
-    windows = WindowSampler(list(load_audio_folder(tiny_dataset).clips), 48000, 24000, -60.0, Augmentation.none()).fixed_windows()
+    windows = WindowSampler(
+        list(load_audio_folder(tiny_dataset).clips), 48000, 24000, -60.0, Augmentation.none()
+    ).fixed_windows()
     trained = reconstruction_l1(model.vae, windows)
     untrained = reconstruction_l1(untrained_like(model, seed=0).vae, windows)
     # A mean-spectrum decoder already scores well on L1; 40 epochs of a tiny model take it ~12 % lower.
@@ -56,7 +57,11 @@ def test_training_command_makes_a_model_that_reconstructs_better_than_untrained(
 
 
 def _train_cfg(dataset: Path, models: Path, *extra: str) -> TrainConfig:
-    return to_train_config(compose_config("train", [f"dataset.path={dataset}", "name=det", f"models_dir={models}", *TINY_MODEL, *extra], TrainConfig))
+    return to_train_config(
+        compose_config(
+            "train", [f"dataset.path={dataset}", "name=det", f"models_dir={models}", *TINY_MODEL, *extra], TrainConfig
+        )
+    )
 
 
 def test_training_is_deterministic_for_a_seed_on_cpu(tiny_dataset: Path, tmp_path: Path):
@@ -78,7 +83,9 @@ def test_a_killed_training_resumes_to_exactly_the_uninterrupted_result(tiny_data
     work = tmp_path / "killed"
     work.mkdir()
     state = work / "models" / "r.train" / "state.pt"
-    process = subprocess.Popen([sys.executable, "-m", "sda.train", *args], cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sda.train", *args], cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)

@@ -19,8 +19,9 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -45,7 +46,10 @@ def clip_name(family: str, index: int) -> str:
 
 
 def synthesize_demo_corpus(
-    folder: Path, seed: int = 0, clips_per_family: int = DEFAULT_CLIPS_PER_FAMILY, sample_rate: int = DEFAULT_SAMPLE_RATE
+    folder: Path,
+    seed: int = 0,
+    clips_per_family: int = DEFAULT_CLIPS_PER_FAMILY,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
 ) -> list[Path]:
     """Write the corpus into `folder` (created if needed) and return the clip paths, family by
     family. Each file is written atomically and only when its bytes differ from what is there;
@@ -60,7 +64,7 @@ def synthesize_demo_corpus(
 
     paths: list[Path] = []
     digests: dict[str, str] = {}
-    for family_index, family in enumerate(FAMILIES):
+    for family in FAMILIES:
         for index in range(clips_per_family):
             audio = synthesize_clip(family, index, seed, sample_rate)
             data = _wav_bytes(audio, sample_rate)
@@ -111,7 +115,12 @@ def _manifest_problem(folder: Path, seed: int, expected: list[str]) -> str | Non
     manifest = _read_manifest(folder)
     if manifest is None:
         return f"no readable {MANIFEST_NAME}"
-    wanted = {"version": DEMO_CORPUS_VERSION, "seed": seed, "sample_rate": DEFAULT_SAMPLE_RATE, "clips_per_family": DEFAULT_CLIPS_PER_FAMILY}
+    wanted = {
+        "version": DEMO_CORPUS_VERSION,
+        "seed": seed,
+        "sample_rate": DEFAULT_SAMPLE_RATE,
+        "clips_per_family": DEFAULT_CLIPS_PER_FAMILY,
+    }
     for key, value in wanted.items():
         if manifest.get(key) != value:
             return f"{key} is {manifest.get(key)!r}, not {value!r}"
@@ -234,7 +243,11 @@ def _struck(rng: np.random.Generator, samples: int, sample_rate: int) -> np.ndar
     t60_s = rng.uniform(0.8, 4.0) * (freqs / freqs[0]) ** -rng.uniform(0.4, 1.1)
     t = np.arange(samples) / sample_rate
     phases = rng.uniform(0, 2 * np.pi, freqs.size)
-    response = (amplitudes[:, None] * np.exp(-6.9078 * t / t60_s[:, None]) * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(axis=0)
+    response = (
+        amplitudes[:, None]
+        * np.exp(-6.9078 * t / t60_s[:, None])
+        * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])
+    ).sum(axis=0)
 
     burst_samples = round(rng.uniform(0.002, 0.015) * sample_rate)
     smoothing = int(rng.integers(1, 8))  # a box filter: longer is a softer mallet
@@ -274,7 +287,10 @@ def _plucked(rng: np.random.Generator, samples: int, sample_rate: int) -> np.nda
         line[1 : min(period, length) + 1] = excitation[: min(period, length)]
         for first in range(period, length, period):
             last = min(first + period, length)
-            line[first + 1 : last + 1] = gain * ((1.0 - brightness) * line[first - period + 1 : last - period + 1] + brightness * line[first - period : last - period])
+            line[first + 1 : last + 1] = gain * (
+                (1.0 - brightness) * line[first - period + 1 : last - period + 1]
+                + brightness * line[first - period : last - period]
+            )
         out[start:] += rng.uniform(0.5, 1.0) * line[1:]
     return out
 
@@ -306,7 +322,9 @@ def _noise_sweep(rng: np.random.Generator, samples: int, sample_rate: int) -> np
         blocks[k : k + frames] += quarters[:, k]
     out = blocks.reshape(-1)[3 * hop : 3 * hop + samples]
     swell_hz = _log_uniform(rng, 0.05, 0.5)
-    swell = 1.0 - rng.uniform(0.0, 0.7) * (0.5 + 0.5 * np.sin(2 * np.pi * swell_hz * np.arange(samples) / sample_rate + rng.uniform(0, 2 * np.pi)))
+    swell = 1.0 - rng.uniform(0.0, 0.7) * (
+        0.5 + 0.5 * np.sin(2 * np.pi * swell_hz * np.arange(samples) / sample_rate + rng.uniform(0, 2 * np.pi))
+    )
     return out * swell
 
 
@@ -315,7 +333,9 @@ def _drone(rng: np.random.Generator, samples: int, sample_rate: int) -> np.ndarr
     slowly) on a low root, with slow LFOs on amplitude and on brightness (a crossfade between a
     bright and a dark wavetable)."""
     root_hz = _log_uniform(rng, 45.0, 160.0)
-    intervals = np.concatenate([[1.0], rng.choice([1.5, 2.0, 2.5, 3.0, 4 / 3, 5 / 4, 6 / 5], int(rng.integers(1, 4)), replace=False)])
+    intervals = np.concatenate(
+        [[1.0], rng.choice([1.5, 2.0, 2.5, 3.0, 4 / 3, 5 / 4, 6 / 5], int(rng.integers(1, 4)), replace=False)]
+    )
     tilt = rng.uniform(0.8, 1.6)
     table_size = 4096
     x = np.arange(table_size) / table_size
@@ -336,7 +356,9 @@ def _drone(rng: np.random.Generator, samples: int, sample_rate: int) -> np.ndarr
             dark_sum += weight * (dark[index] + frac * (dark[index + 1] - dark[index]))
     brightness = 0.5 + 0.5 * np.sin(2 * np.pi * _log_uniform(rng, 0.03, 0.3) * t + rng.uniform(0, 2 * np.pi))
     brightness = rng.uniform(0.0, 0.5) + rng.uniform(0.3, 0.5) * brightness
-    amplitude = 1.0 - rng.uniform(0.1, 0.6) * (0.5 + 0.5 * np.sin(2 * np.pi * _log_uniform(rng, 0.05, 0.5) * t + rng.uniform(0, 2 * np.pi)))
+    amplitude = 1.0 - rng.uniform(0.1, 0.6) * (
+        0.5 + 0.5 * np.sin(2 * np.pi * _log_uniform(rng, 0.05, 0.5) * t + rng.uniform(0, 2 * np.pi))
+    )
     return amplitude * (brightness * bright_sum + (1.0 - brightness) * dark_sum)
 
 
@@ -382,17 +404,23 @@ def _grains(rng: np.random.Generator, samples: int, sample_rate: int) -> np.ndar
     count = int(rng.poisson(density_hz * samples / sample_rate))
     times = rng.uniform(0.0, samples - grain_samples, count)
     # thin the process with a slow swell so the density moves over the clip
-    swell = 0.6 + 0.4 * np.sin(2 * np.pi * _log_uniform(rng, 0.05, 0.4) * times / sample_rate + rng.uniform(0, 2 * np.pi))
+    swell = 0.6 + 0.4 * np.sin(
+        2 * np.pi * _log_uniform(rng, 0.05, 0.4) * times / sample_rate + rng.uniform(0, 2 * np.pi)
+    )
     times = times[rng.uniform(size=count) < swell].astype(np.int64)
     count = times.size
-    pitches = np.clip(centre_hz * 2.0 ** (spread_octaves * rng.normal(size=count)), 60.0, 0.4 * sample_rate / (1.0 + chirp))
+    pitches = np.clip(
+        centre_hz * 2.0 ** (spread_octaves * rng.normal(size=count)), 60.0, 0.4 * sample_rate / (1.0 + chirp)
+    )
     amplitudes = np.exp(rng.normal(0.0, 0.5, count))
     noisy = rng.uniform(size=count) < noise_share
 
     u = np.arange(grain_samples) / grain_samples
     window = (1.0 - decay) * np.sin(np.pi * u) ** 2 + decay * (1.0 - np.exp(-u * 60.0)) * np.exp(-u * 6.0)
     t = np.arange(grain_samples) / sample_rate
-    grains = np.sin(2 * np.pi * pitches[:, None] * (t + 0.5 * chirp * t * t / t[-1]) + rng.uniform(0, 2 * np.pi, (count, 1)))
+    grains = np.sin(
+        2 * np.pi * pitches[:, None] * (t + 0.5 * chirp * t * t / t[-1]) + rng.uniform(0, 2 * np.pi, (count, 1))
+    )
     grains[noisy] = rng.normal(0.0, 0.7, (int(noisy.sum()), grain_samples))
     grains *= window * amplitudes[:, None]
     positions = times[:, None] + np.arange(grain_samples)

@@ -97,7 +97,8 @@ def load_audio_folder(root: Path | str, sample_rate: int = 48000) -> LoadedDatas
     candidates = _candidate_files(root)
     if not candidates:
         raise DatasetError(
-            f"dataset.path={str(root)!r} holds no files; put audio files there (WAV, FLAC, OGG, AIFF, MP3 or any format soundfile reads)"
+            f"dataset.path={str(root)!r} holds no files; put audio files there "
+            "(WAV, FLAC, OGG, AIFF, MP3 or any format soundfile reads)"
         )
 
     clips: list[AudioClip] = []

@@ -35,8 +35,8 @@ import functools
 import hashlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -91,17 +91,21 @@ def split_by_file(
 
 
 def _split_key(seed: int, clip: AudioClip) -> bytes:
-    return hashlib.sha256(f"{int(seed)}\0{clip.path.as_posix()}".encode("utf-8")).digest()
+    return hashlib.sha256(f"{int(seed)}\0{clip.path.as_posix()}".encode()).digest()
 
 
-def _split_in_time(clip: AudioClip, validation_fraction: float, sample_rate: int) -> tuple[list[AudioClip], list[AudioClip]]:
+def _split_in_time(
+    clip: AudioClip, validation_fraction: float, sample_rate: int
+) -> tuple[list[AudioClip], list[AudioClip]]:
     total = clip.audio.shape[0]
     validation_samples = math.floor(total * validation_fraction + 0.5)
     one_second = round(SINGLE_CLIP_MIN_VALIDATION_S * sample_rate)
     if total >= 2 * one_second:
         validation_samples = min(max(validation_samples, one_second), total - one_second)
     if validation_samples <= 0 or validation_samples >= total:
-        log.warning("only one file (%s) and too short to split: validating on training audio (not independent)", clip.path)
+        log.warning(
+            "only one file (%s) and too short to split: validating on training audio (not independent)", clip.path
+        )
         return [clip], []
     cut = total - validation_samples
     log.warning(
@@ -173,7 +177,7 @@ class Augmentation:
             raise ValueError(f"p_varispeed={self.p_varispeed!r}: must be in [0, 1]")
 
     @classmethod
-    def none(cls) -> "Augmentation":
+    def none(cls) -> Augmentation:
         """No augmentation: an epoch is the fixed windows, shuffled."""
         return cls(enabled=False, jitter=False, gain_db=0.0, semitone_steps=(0,), p_varispeed=0.0)
 
@@ -190,7 +194,7 @@ class Augmentation:
         return self.enabled and self.p_varispeed > 0.0 and any(s != 0 for s in self.semitone_steps)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def speed_ratio(semitones: int) -> tuple[int, int]:
     """(p, q): the simplest fraction p/q within VARISPEED_MAX_ERROR_CENTS of 2**(semitones/12).
     Reading p/q * W source samples into W output samples raises the pitch by about `semitones`."""
@@ -240,11 +244,17 @@ class WindowSampler:
             clip_starts = window_starts(audio, self.window_samples, self.hop_samples, self.silence_dbfs)
             clip_indices.append(np.full(clip_starts.shape, index, dtype=np.int64))
             starts.append(clip_starts)
-        self._clip_of_window = torch.from_numpy(np.concatenate(clip_indices)) if clips else torch.zeros(0, dtype=torch.int64)
+        self._clip_of_window = (
+            torch.from_numpy(np.concatenate(clip_indices)) if clips else torch.zeros(0, dtype=torch.int64)
+        )
         self._start_of_window = torch.from_numpy(np.concatenate(starts)) if clips else torch.zeros(0, dtype=torch.int64)
         lengths = torch.tensor([a.shape[0] for a in self._audio], dtype=torch.int64)
         # The last start a window may take in its clip (0 for clips shorter than a window).
-        self._max_start_of_window = (lengths[self._clip_of_window] - self.window_samples).clamp(min=0) if clips else torch.zeros(0, dtype=torch.int64)
+        self._max_start_of_window = (
+            (lengths[self._clip_of_window] - self.window_samples).clamp(min=0)
+            if clips
+            else torch.zeros(0, dtype=torch.int64)
+        )
 
     def __len__(self) -> int:
         return int(self._start_of_window.shape[0])
@@ -259,7 +269,9 @@ class WindowSampler:
 
     def fixed_windows(self) -> torch.Tensor:
         """All unaugmented windows in order, `[windows, window_samples]`."""
-        return torch.from_numpy(self._gather(self._clip_of_window.tolist(), self._start_of_window.tolist(), self.window_samples))
+        return torch.from_numpy(
+            self._gather(self._clip_of_window.tolist(), self._start_of_window.tolist(), self.window_samples)
+        )
 
     def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[torch.Tensor]:
         """Every window once, shuffled and augmented, in batches `[<= batch_size, window_samples]`.
@@ -290,7 +302,12 @@ class WindowSampler:
         return self._batches(clip_ids, starts, steps, gains, batch_size)
 
     def _batches(
-        self, clip_ids: torch.Tensor, starts: torch.Tensor, steps: torch.Tensor, gains: torch.Tensor | None, batch_size: int
+        self,
+        clip_ids: torch.Tensor,
+        starts: torch.Tensor,
+        steps: torch.Tensor,
+        gains: torch.Tensor | None,
+        batch_size: int,
     ) -> Iterator[torch.Tensor]:
         # Windows are made a chunk of several batches at a time, so each varispeed step costs one
         # resampling call per chunk: a call's fixed cost (thread start-up, worst when the cores are
@@ -329,7 +346,7 @@ class WindowSampler:
         context_out = context_in * q // p
         source_length = math.ceil(self.window_samples * p / q)
         firsts = []
-        for clip, start in zip(clip_ids, starts):
+        for clip, start in zip(clip_ids, starts, strict=True):
             clip_length = self._audio[clip].shape[0]
             centred = round(start + self.window_samples / 2 - self.window_samples * p / q / 2)
             firsts.append(min(max(centred, 0), max(clip_length - source_length, 0)) - context_in)
@@ -342,7 +359,7 @@ class WindowSampler:
         """`[len(starts), length]` float32: `length` samples of each clip from each start, zeros
         where that runs outside the clip."""
         out = np.empty((len(starts), length), dtype=np.float32)
-        for row, (clip, start) in enumerate(zip(clip_ids, starts)):
+        for row, (clip, start) in enumerate(zip(clip_ids, starts, strict=True)):
             audio = self._audio[clip]
             if 0 <= start and start + length <= audio.shape[0]:
                 out[row] = audio[start : start + length]

@@ -25,6 +25,7 @@ STOPBAND_ATTENUATION_DB = 79.6
 # Output samples per FFT segment of the anti-alias filter (about 40 MB of float64 work).
 SEGMENT_SAMPLES = 1 << 20
 
+
 def kaiser_beta(attenuation_db: float) -> float:
     """Kaiser window shape parameter for a stopband attenuation (Kaiser's empirical formula)."""
     if attenuation_db > 50.0:
@@ -133,7 +134,9 @@ def anti_alias(
     segment = min(samples, SEGMENT_SAMPLES)
     fft_size = fast_fft_size(segment + 2 * half)
     spectrum = lowpass_spectrum(sample_rate, passband_hz, stopband_hz, fft_size, str(audio.device), torch.float64)
-    out = torch.empty(flat.shape, dtype=audio.dtype if audio.dtype.is_floating_point else torch.float32, device=audio.device)
+    out = torch.empty(
+        flat.shape, dtype=audio.dtype if audio.dtype.is_floating_point else torch.float32, device=audio.device
+    )
     for start in range(0, samples, segment):
         n = min(segment, samples - start)
         piece = padded[..., start : start + n + 2 * half].double()

@@ -7,6 +7,7 @@ over all its channels, so stereo balance is kept.
 from __future__ import annotations
 
 import math
+
 import torch
 
 

@@ -119,7 +119,9 @@ def locked_phase(magnitude: torch.Tensor, settings: SpectrogramSettings) -> torc
         below = torch.nn.functional.pad(log_mag[..., :-1], (1, 0), mode="replicate")
         above = torch.nn.functional.pad(log_mag[..., 1:], (0, 1), mode="replicate")
         curvature = below - 2 * log_mag + above
-        offset = torch.where(curvature < -1e-9, 0.5 * (below - above) / curvature.clamp(max=-1e-9), torch.zeros_like(log_mag))
+        offset = torch.where(
+            curvature < -1e-9, 0.5 * (below - above) / curvature.clamp(max=-1e-9), torch.zeros_like(log_mag)
+        )
         del log_mag, below, above, curvature
         frequency = (bins + offset.clamp(-0.5, 0.5)) / n_fft  # cycles per sample, valid at peaks
         peaks = _peak_of_each_bin(mag)  # [items, t, F]
@@ -128,7 +130,9 @@ def locked_phase(magnitude: torch.Tensor, settings: SpectrogramSettings) -> torc
             if n == 0 and carried is None:
                 frames.append(torch.zeros_like(mag[:, 0]))
                 continue
-            last_phase, last_peaks, last_frequency = (frames[-1], peaks[:, n - 1], frequency[:, n - 1]) if n else carried
+            last_phase, last_peaks, last_frequency = (
+                (frames[-1], peaks[:, n - 1], frequency[:, n - 1]) if n else carried
+            )
             origin = last_peaks.gather(-1, peaks[:, n])  # the peak each bin's peak grew from
             advance = (math.pi * hop) * (last_frequency.gather(-1, origin) + frequency[:, n].gather(-1, peaks[:, n]))
             frames.append(torch.remainder(last_phase.gather(-1, origin) + advance, 2 * math.pi))

@@ -221,9 +221,9 @@ def measure_quality_batch(audio: torch.Tensor, sample_rate: int) -> list[Quality
     powers = frame_powers(audio, sample_rate)
     silent_fraction = (powers < 10.0 ** (SILENT_FRAME_DBFS / 10.0)).to(audio.dtype).mean(dim=-1)
     floor = torch.quantile(powers, NOISE_FLOOR_QUANTILE, dim=-1)
-    snr = torch.where(
-        floor > 0, 10.0 * torch.log10(mean_power / floor), torch.full_like(floor, SNR_CAP_DB)
-    ).clamp(max=SNR_CAP_DB)
+    snr = torch.where(floor > 0, 10.0 * torch.log10(mean_power / floor), torch.full_like(floor, SNR_CAP_DB)).clamp(
+        max=SNR_CAP_DB
+    )
     snr = torch.where(mean_power > 0, snr, torch.full_like(snr, math.nan))
     correlation = stereo_correlation(audio) if channels == 2 else torch.full_like(peaks, math.nan)
     if samples >= round(LOUDNESS_MIN_S * sample_rate) and channels <= 5:

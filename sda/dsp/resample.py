@@ -22,7 +22,9 @@ def get_resampler(
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_resampler(orig_sample_rate: int, new_sample_rate: int, device: str, dtype: torch.dtype) -> torchaudio.transforms.Resample:
+def _cached_resampler(
+    orig_sample_rate: int, new_sample_rate: int, device: str, dtype: torch.dtype
+) -> torchaudio.transforms.Resample:
     resampler = torchaudio.transforms.Resample(
         orig_sample_rate,
         new_sample_rate,

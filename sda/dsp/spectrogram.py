@@ -63,7 +63,7 @@ class SpectrogramSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SpectrogramSettings":
+    def from_dict(cls, data: dict[str, Any]) -> SpectrogramSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -73,7 +73,7 @@ class SpectrogramSettings:
             raise CheckpointError(f"spectrogram settings lack keys {missing}")
         return cls(**data)
 
-    def differences(self, other: "SpectrogramSettings") -> list[str]:
+    def differences(self, other: SpectrogramSettings) -> list[str]:
         """Human-readable `key: mine != theirs` for every setting that differs."""
         return [
             f"{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"

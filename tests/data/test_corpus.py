@@ -94,13 +94,15 @@ def features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     level_db = 10 * np.log10(power.sum(1))
     loud = level_db > level_db.max() - 40
     flux = np.sqrt((np.diff(np.log(power), axis=0) ** 2).mean(1))
-    return np.array([
-        np.log(np.median(centroid[loud])),
-        np.log(np.median(flatness[loud])),
-        np.std(np.diff(level_db)),
-        np.median(flux),
-        np.median(level_db) - level_db.max(),
-    ])
+    return np.array(
+        [
+            np.log(np.median(centroid[loud])),
+            np.log(np.median(flatness[loud])),
+            np.std(np.diff(level_db)),
+            np.median(flux),
+            np.median(level_db) - level_db.max(),
+        ]
+    )
 
 
 def test_families_differ_measurably_in_spectrum_and_envelope(corpus):

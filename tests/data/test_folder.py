@@ -37,13 +37,17 @@ FORMATS = [
 ]
 
 
-@pytest.mark.parametrize("name, file_format, subtype, source_rate, channels, lossy", FORMATS, ids=[f[0] for f in FORMATS])
+@pytest.mark.parametrize(
+    "name, file_format, subtype, source_rate, channels, lossy", FORMATS, ids=[f[0] for f in FORMATS]
+)
 def test_each_format_rate_and_channel_count_comes_back_as_the_same_tone_mono_at_48k(
     tmp_path, name, file_format, subtype, source_rate, channels, lossy
 ):
     if file_format not in sf.available_formats() or subtype not in sf.available_subtypes(file_format):
         pytest.skip(f"this libsndfile cannot write {file_format}/{subtype}")
-    sf.write(tmp_path / name, tone(440.0, source_rate, 1.0, 0.5, channels), source_rate, format=file_format, subtype=subtype)
+    sf.write(
+        tmp_path / name, tone(440.0, source_rate, 1.0, 0.5, channels), source_rate, format=file_format, subtype=subtype
+    )
     source_frames = sf.read(tmp_path / name)[0].shape[0]  # lossy codecs may add priming frames
 
     dataset = load_audio_folder(tmp_path, sample_rate=TARGET_RATE)
@@ -115,7 +119,9 @@ def test_a_few_nan_samples_are_zeroed_with_a_warning_and_mostly_nan_files_are_sk
     assert clip.path == Path("few_nans.wav")
     assert np.isfinite(clip.audio).all()
     assert (clip.audio[[100, 500, 2000, 30000, 40000]] == 0).all()
-    np.testing.assert_array_equal(np.delete(clip.audio, [100, 500, 2000, 30000, 40000]), np.delete(few, [100, 500, 2000, 30000, 40000]))
+    np.testing.assert_array_equal(
+        np.delete(clip.audio, [100, 500, 2000, 30000, 40000]), np.delete(few, [100, 500, 2000, 30000, 40000])
+    )
     assert any("few_nans.wav" in r.getMessage() and "5" in r.getMessage() for r in caplog.records)
     (skipped,) = dataset.skipped
     assert skipped.path == Path("mostly_nan.wav") and "NaN" in skipped.reason
@@ -145,7 +151,11 @@ def test_fingerprint_counts_seconds_at_the_target_rate(tmp_path, source_rate):
 
     fingerprint = load_audio_folder(tmp_path).fingerprint
 
-    assert fingerprint.to_dict() == {"file_count": 1, "total_seconds": pytest.approx(2.0, abs=1 / TARGET_RATE), "content_hash": fingerprint.content_hash}
+    assert fingerprint.to_dict() == {
+        "file_count": 1,
+        "total_seconds": pytest.approx(2.0, abs=1 / TARGET_RATE),
+        "content_hash": fingerprint.content_hash,
+    }
     assert len(fingerprint.content_hash) == 64
 
 

@@ -101,7 +101,9 @@ def test_split_is_by_file_deterministic_disjoint_and_complete():
     train, validation = split_by_file(clips, 0.2, seed=3)
     again = split_by_file(clips, 0.2, seed=3)
 
-    assert [c.path for c in again[0]] == [c.path for c in train] and [c.path for c in again[1]] == [c.path for c in validation]
+    assert [c.path for c in again[0]] == [c.path for c in train] and [c.path for c in again[1]] == [
+        c.path for c in validation
+    ]
     assert len(validation) == 2 and len(train) == 8
     assert {c.path for c in train}.isdisjoint({c.path for c in validation})
     assert {c.path for c in train} | {c.path for c in validation} == {c.path for c in clips}
@@ -117,7 +119,9 @@ def test_split_depends_on_the_seed():
     assert len(splits) > 1
 
 
-@pytest.mark.parametrize("count, fraction, expected_validation", [(2, 0.15, 1), (3, 0.05, 1), (4, 0.5, 2), (5, 0.9, 4), (40, 0.15, 6)])
+@pytest.mark.parametrize(
+    "count, fraction, expected_validation", [(2, 0.15, 1), (3, 0.05, 1), (4, 0.5, 2), (5, 0.9, 4), (40, 0.15, 6)]
+)
 def test_split_keeps_at_least_one_file_on_each_side(count, fraction, expected_validation):
     clips = [clip(f"{i}.wav", noise(0.05, seed=i)) for i in range(count)]
     train, validation = split_by_file(clips, fraction, seed=0)
@@ -158,7 +162,9 @@ def test_sampler_length_and_fixed_windows_follow_the_grid_with_short_clips_zero_
 
 
 def test_no_augmentation_gives_exactly_the_fixed_windows_shuffled():
-    sampler = WindowSampler([clip("a", noise(1.0, seed=1)), clip("b", noise(0.5, seed=2))], 4800, 2400, -60.0, Augmentation.none())
+    sampler = WindowSampler(
+        [clip("a", noise(1.0, seed=1)), clip("b", noise(0.5, seed=2))], 4800, 2400, -60.0, Augmentation.none()
+    )
     fixed = sampler.fixed_windows()
 
     epoch = all_epoch_windows(sampler, seed=0)
@@ -168,7 +174,9 @@ def test_no_augmentation_gives_exactly_the_fixed_windows_shuffled():
 
 
 def test_an_epoch_covers_every_window_once_in_batches_of_the_requested_size():
-    sampler = WindowSampler([clip("a", noise(2.0, seed=1)), clip("b", noise(1.0, seed=2))], 4800, 2400, -60.0, GAIN_ONLY)
+    sampler = WindowSampler(
+        [clip("a", noise(2.0, seed=1)), clip("b", noise(1.0, seed=2))], 4800, 2400, -60.0, GAIN_ONLY
+    )
 
     batches = list(sampler.epoch(torch.Generator().manual_seed(0), batch_size=16))
 
@@ -223,7 +231,9 @@ def test_jitter_moves_windows_within_half_a_hop_of_the_grid_and_stays_inside_the
     assert (starts % hop != 0).sum() > len(sampler) // 2  # most moved off the grid
 
 
-@pytest.mark.parametrize("semitones, expected_hz", [(2, 1000 * 2 ** (2 / 12)), (-2, 1000 * 2 ** (-2 / 12)), (7, 1000 * 2 ** (7 / 12))])
+@pytest.mark.parametrize(
+    "semitones, expected_hz", [(2, 1000 * 2 ** (2 / 12)), (-2, 1000 * 2 ** (-2 / 12)), (7, 1000 * 2 ** (7 / 12))]
+)
 def test_varispeed_shifts_a_1khz_tone_by_the_drawn_semitones(semitones, expected_hz):
     augmentation = Augmentation(jitter=False, gain_db=0.0, semitone_steps=(semitones,), p_varispeed=1.0)
     sampler = WindowSampler([clip("tone", sine(1000.0, 4.0))], RATE, RATE // 2, -60.0, augmentation)
@@ -252,7 +262,7 @@ def test_varispeed_segments_are_centred_on_their_window():
 
     p, q = speed_ratio(3)
     centres = sorted(round(x) for x in (epoch[:, window // 2].double() * length).tolist())
-    inner = [(c, f) for c, f in zip(centres, fixed_centres) if window < f < length - window]
+    inner = [(c, f) for c, f in zip(centres, fixed_centres, strict=True) if window < f < length - window]
     assert inner and all(abs(c - f) <= 2 for c, f in inner)
     slopes = (epoch[:, window // 2 + 100] - epoch[:, window // 2 - 100]).double() * length / 200
     assert torch.allclose(slopes, torch.full_like(slopes, p / q), rtol=2e-3)  # the sinc's passband ripple
@@ -289,7 +299,13 @@ def test_augmentation_settings_are_validated_and_none_disables_everything():
     none = Augmentation.none()
     assert not (none.uses_jitter or none.uses_gain or none.uses_varispeed)
     assert Augmentation(semitone_steps=[-1, 1]).semitone_steps == (-1, 1)
-    for bad in ({"gain_db": -1.0}, {"p_varispeed": 1.5}, {"semitone_steps": (13,)}, {"semitone_steps": ()}, {"semitone_steps": (0.5,)}):
+    for bad in (
+        {"gain_db": -1.0},
+        {"p_varispeed": 1.5},
+        {"semitone_steps": (13,)},
+        {"semitone_steps": ()},
+        {"semitone_steps": (0.5,)},
+    ):
         with pytest.raises(ValueError):
             Augmentation(**bad)
 
@@ -297,7 +313,9 @@ def test_augmentation_settings_are_validated_and_none_disables_everything():
 def test_making_windows_in_chunks_of_batches_changes_nothing_but_memory(monkeypatch):
     import sda.data.windows as windows_module
 
-    sampler = WindowSampler([clip("a", noise(3.0, seed=1)), clip("b", noise(1.0, seed=2))], 4800, 2400, -60.0, Augmentation())
+    sampler = WindowSampler(
+        [clip("a", noise(3.0, seed=1)), clip("b", noise(1.0, seed=2))], 4800, 2400, -60.0, Augmentation()
+    )
     one_chunk = list(sampler.epoch(torch.Generator().manual_seed(0), 16))
     monkeypatch.setattr(windows_module, "CHUNK_SAMPLES", 2 * 16 * 4800)  # two batches per chunk
 

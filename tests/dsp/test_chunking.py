@@ -175,7 +175,7 @@ def test_cola_window_shifted_copies_sum_to_a_constant(n_frames, hop_frames):
     total = torch.zeros((copies - 1) * hop_frames + n_frames, dtype=torch.float64)
     for k in range(copies):
         total[k * hop_frames : k * hop_frames + n_frames] += window
-    steady = total[n_frames : -n_frames]
+    steady = total[n_frames:-n_frames]
     torch.testing.assert_close(steady, torch.full_like(steady, steady[0].item()), atol=1e-12, rtol=0)
 
 

@@ -36,7 +36,9 @@ def test_inverse_mel_recovers_a_smooth_spectrum_it_can_represent(method):
 def test_locked_start_puts_a_partials_bins_in_phase_where_independent_bins_drift():
     mag = stft(harmonic_tone(), SETTINGS).abs()
     zero_iterations = griffin_lim(mag, SETTINGS, SR, iterations=0, init="locked")
-    random_start = griffin_lim(mag, SETTINGS, SR, iterations=0, init="random", generators=[torch.Generator().manual_seed(1)])
+    random_start = griffin_lim(
+        mag, SETTINGS, SR, iterations=0, init="random", generators=[torch.Generator().manual_seed(1)]
+    )
     assert spectral_convergence(zero_iterations, mag, SETTINGS) < 0.1
     assert spectral_convergence(random_start, mag, SETTINGS) > 0.5
 
@@ -62,7 +64,9 @@ def test_random_start_depends_on_the_items_generator_not_the_batch():
     mags = stft(0.3 * torch.randn(2, SR // 4, generator=torch.Generator().manual_seed(0)), SETTINGS).abs()
     gens = lambda: [torch.Generator().manual_seed(11), torch.Generator().manual_seed(12)]  # noqa: E731
     batch = griffin_lim(mags, SETTINGS, SR // 4, iterations=2, init="random", generators=gens())
-    alone = griffin_lim(mags[1:], SETTINGS, SR // 4, iterations=2, init="random", generators=[torch.Generator().manual_seed(12)])
+    alone = griffin_lim(
+        mags[1:], SETTINGS, SR // 4, iterations=2, init="random", generators=[torch.Generator().manual_seed(12)]
+    )
     assert torch.equal(batch[1], alone[0])
     with pytest.raises(ValueError):
         griffin_lim(mags, SETTINGS, SR // 4, iterations=1, init="random", generators=gens()[:1])

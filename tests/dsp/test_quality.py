@@ -177,7 +177,7 @@ def test_batch_measures_each_item_like_single_measurement():
     )
     batch = measure_quality_batch(items, SAMPLE_RATE)
     assert len(batch) == 3
-    for got, item in zip(batch, items):
+    for got, item in zip(batch, items, strict=True):
         single = measure_quality(item, SAMPLE_RATE)
         assert got.to_dict() == pytest.approx(single.to_dict(), abs=1e-6)
 

@@ -37,7 +37,7 @@ def test_correlation_falls_as_width_grows_on_noise():
     widths = [0.0, 0.25, 0.5, 1.0, 1.5]
     correlations = [lr_correlation(mid_side_widen(x, SAMPLE_RATE, w)).item() for w in widths]
     assert correlations[0] == pytest.approx(1.0, abs=1e-6)
-    assert all(a > b for a, b in zip(correlations, correlations[1:]))
+    assert all(a > b for a, b in zip(correlations, correlations[1:], strict=False))
     # Delayed white noise is uncorrelated with itself: width 1 is two independent channels.
     assert abs(correlations[3]) < 0.02
     # Beyond 1 the side dominates the mid and the channels anti-correlate: (1 - w^2) / (1 + w^2).
