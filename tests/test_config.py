@@ -20,10 +20,7 @@ from sda.config import (
     with_seed,
 )
 from sda.errors import ConfigError
-
-
-def compose_run(*overrides: str) -> RunConfig:
-    return to_run_config(compose_config("config", list(overrides), RunConfig))
+from tests.helpers import compose_run
 
 
 def test_defaults_compose_into_a_sealed_generation_config():

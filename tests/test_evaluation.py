@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 import torch
-from conftest import run_sda
 
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.evaluation import frame_statistics, frechet_distance, shaped_noise
+from tests.helpers import run_sda
 
 SUBJECTS = ("model", "untrained", "shaped_noise")
 FIGURES = ("reconstruction_log_mel_l1", "reconstruction_spectral_convergence", "frechet_distance")

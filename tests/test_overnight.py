@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import ONE_THREAD, REPO, compose_run, sda_run
 
 from sda.cli import plan
 from sda.config import RunConfig, StereoMode, to_run_config, with_seed
@@ -34,6 +33,7 @@ from sda.model import MelVAE, ModelHyperparameters, save_checkpoint
 from sda.run import check_before_running, resume_command
 from sda.runner import check_output_folder, estimate_output_bytes, run_job
 from sda.seeds import sample_latents
+from tests.helpers import ONE_THREAD, REPO, compose_run, sda_run
 
 JOBS = REPO / "jobs"
 

@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_sda
 
 from sda import GenerationConfig, GenerationResult, callbacks
 from sda.config import AudioFormat, ExportConfig
@@ -45,6 +44,7 @@ from sda.report import (
 )
 from sda.runner import OUTCOME_FILE, ItemOutcome, JobOutcome
 from sda.seeds import right_seed
+from tests.helpers import run_sda
 
 FAILED_SEED = 13
 FAILED_REASON = "silent audio (peak -inf dBFS)"

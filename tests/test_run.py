@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from conftest import REPO, compose_run, sda_run
 
 from sda.config import StereoMode
 from sda.errors import ConfigError
@@ -25,6 +24,7 @@ from sda.export import file_sha256
 from sda.model import PACKAGED_MODELS_DIR
 from sda.run import check_before_running, override_text, reproduce_overrides
 from sda.runner import _load_cached, run_job
+from tests.helpers import REPO, compose_run, sda_run
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME = re.compile(r"\d{2}-\d{2}-\d{2}")

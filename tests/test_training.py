@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_MODEL, make_tiny_dataset, run_sda, tone_file
 
 from sda.cli import compose_config
 from sda.config import TrainConfig, to_train_config
@@ -22,6 +21,7 @@ from sda.dsp.spectrogram import log_mel
 from sda.evaluation import untrained_like
 from sda.model import load_model
 from sda.training import train_model
+from tests.helpers import TINY_MODEL, make_tiny_dataset, run_sda, tone_file
 
 
 def reconstruction_l1(vae, windows: torch.Tensor) -> float:
