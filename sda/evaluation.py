@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from sda.config import EvaluateConfig, GenerationConfig, PhaseConfig
+from sda.config import EvaluateConfig, GenerationConfig, PhaseConfig, resolve_device
 from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import load_audio_folder
 from sda.data.windows import Augmentation, WindowSampler, split_by_file
@@ -144,7 +144,7 @@ def _rebuild(log_mels: torch.Tensor, settings: SpectrogramSettings, phase: Phase
 
 
 def evaluate_model(cfg: EvaluateConfig, base_dir: Path) -> Evaluation:
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     model = load_model(resolve_checkpoint(cfg.model.checkpoint, base_dir), device)
     settings = model.settings
     root = Path(cfg.dataset.path).expanduser()

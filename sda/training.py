@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sda.config import TrainConfig
+from sda.config import TrainConfig, resolve_device
 from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import LoadedDataset, load_audio_folder
 from sda.data.windows import Augmentation, WindowSampler, split_by_file
@@ -230,7 +230,7 @@ def train_model(
         )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     settings = spectrogram_settings(cfg)
 
     root = dataset_root(cfg, base_dir)
