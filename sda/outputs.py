@@ -25,7 +25,8 @@ from sda.export import encode_audio, reserve_output_paths, write_bytes_atomic, w
 from sda.pipeline import GenerationResult
 from sda.versions import sda_version, versions
 
-SIDECAR_FORMAT_VERSION = 1
+# 2: identities and sidecar configs hold only the chosen option's keys of each group.
+SIDECAR_FORMAT_VERSION = 2
 # Parameters that change an output's audio (besides the seed and the checkpoint).
 IDENTITY_FIELDS = ("duration_s", "chunking", "stereo", "export", "phase")
 
@@ -56,7 +57,7 @@ def audio_tags(result: GenerationResult, identity: str) -> dict[str, str]:
     return {
         "title": f"sda {result.model_name} {seeds}",
         "comment": (
-            f"identity {identity}; {cfg.chunking.mode.value} chunking, {cfg.stereo.mode.value} stereo, "
+            f"identity {identity}; {cfg.chunking.mode} chunking, {cfg.stereo.mode} stereo, "
             f"{cfg.duration_s:g} s; model sha256 {result.model_sha256[:12]}"
         ),
         "software": f"sda {sda_version()}",
@@ -114,13 +115,13 @@ def save_result(result: GenerationResult, folder: Path, extra: dict[str, Any] | 
     encoded = encode_audio(
         result.audio,
         result.sample_rate,
-        cfg.export.format.value,
+        cfg.export.format,
         cfg.export.bit_depth,
         tags=audio_tags(result, identity),
         dither_seed=int(identity, 16) & 0xFFFFFFFF,
-        ogg_quality=cfg.export.ogg_quality,
+        ogg_quality=getattr(cfg.export, "quality", 0.7),
     )
-    audio_path, sidecar_path = reserve_output_paths(folder, datetime.now(UTC), result.seed, cfg.export.format.value)
+    audio_path, sidecar_path = reserve_output_paths(folder, datetime.now(UTC), result.seed, cfg.export.format)
     record = sidecar_record(result, identity, audio_path.name, encoded, extra)
     write_sidecar(sidecar_path, record)
     write_bytes_atomic(audio_path, encoded.data)

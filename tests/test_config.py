@@ -6,31 +6,26 @@ import dataclasses
 
 import pytest
 
-from sda.cli import compose_config, plan, split_sweep
 from sda.config import (
-    ChunkingMode,
-    ExportConfig,
     GenerationConfig,
+    LatentInterpChunking,
+    MonoStereo,
     RunConfig,
-    StereoMode,
     TrainConfig,
+    WavExport,
     run_config_from_dict,
     to_run_config,
     to_train_config,
-    with_seed,
 )
 from sda.errors import ConfigError
+from sda.preflight import MAX_SWEEP_JOBS, compose_config, plan, split_sweep
 from tests.helpers import compose_run
 
 
 def test_defaults_compose_into_a_sealed_generation_config():
     cfg = compose_run()
     assert isinstance(cfg, GenerationConfig)
-    assert (cfg.chunking.mode, cfg.stereo.mode, cfg.export.format.value) == (
-        ChunkingMode.crossfade,
-        StereoMode.mono,
-        "wav",
-    )
+    assert (cfg.chunking.mode, cfg.stereo.mode, cfg.export.format) == ("crossfade", "mono", "wav")
     assert (cfg.export.sample_rate, cfg.export.bit_depth) == (48000, 24)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
@@ -43,11 +38,11 @@ def test_defaults_compose_into_a_sealed_generation_config():
     [
         (
             ["stereo=dual_seed", "export.sample_rate=96000"],
-            lambda c: c.stereo.mode == StereoMode.dual_seed and c.export.sample_rate == 96000,
+            lambda c: c.stereo.mode == "dual_seed" and c.export.sample_rate == 96000,
         ),
-        (["chunking=latent_interp"], lambda c: c.chunking.mode == ChunkingMode.latent_interp),
-        (["export=flac", "export.bit_depth=16"], lambda c: (c.export.format.value, c.export.bit_depth) == ("flac", 16)),
-        (["export=ogg"], lambda c: c.export.format.value == "ogg"),
+        (["chunking=latent_interp"], lambda c: isinstance(c.chunking, LatentInterpChunking)),
+        (["export=flac", "export.bit_depth=16"], lambda c: (c.export.format, c.export.bit_depth) == ("flac", 16)),
+        (["export=ogg", "export.quality=0.3"], lambda c: (c.export.format, c.export.quality) == ("ogg", 0.3)),
         (["stereo=mid_side", "stereo.width=1.5"], lambda c: c.stereo.width == 1.5),
         (["seed=4294967295"], lambda c: c.seed == 2**32 - 1),
         (["duration_s=600"], lambda c: c.duration_s == 600.0),
@@ -61,32 +56,34 @@ def test_valid_overrides_compose(overrides, check):
     "overrides, key, value, allowed",
     [
         (["+foo=1"], "foo", "1", "unknown key; keys at the top level: batch_size, chunking, count"),
+        (["+export.foo=1"], "export.foo", "1", "unknown key; keys of export=wav: bit_depth, sample_rate"),
+        (["+stereo.extra=2"], "stereo.extra", "2", "unknown key; keys of stereo=mono: none"),
+        (["stereo.width=0.5"], "stereo.width", "0.5", "not a key of this option; keys of stereo=mono: none"),
         (
-            ["+export.foo=1"],
-            "export.foo",
-            "1",
-            "unknown key; keys in export: bit_depth, format, ogg_quality, sample_rate",
+            ["chunking=latent_interp", "chunking.chunk_s=0.5"],
+            "chunking.chunk_s",
+            "0.5",
+            "keys of chunking=latent_interp: anchor_interval_s",
         ),
-        (["+stereo.extra=2"], "stereo.extra", "2", "unknown key; keys in stereo: haas_ms, mode, width"),
+        (["export=ogg", "export.bit_depth=16"], "export.bit_depth", "16", "keys of export=ogg: quality, sample_rate"),
         (["foo=1"], "foo", "1", "unknown key"),
         (["duration_s=abc"], "duration_s", "abc", "expected a float"),
         (["seed=1.5"], "seed", "1.5", "expected an integer"),
-        (["duration_s=0"], "duration_s", "0.0", "(0, 600]"),
-        (["duration_s=600.5"], "duration_s", "600.5", "(0, 600]"),
-        (["duration_s=601"], "duration_s", "601.0", "(0, 600]"),
+        (["duration_s=0"], "duration_s", "0.0", "[0.01, 600]"),
+        (["duration_s=1e-9"], "duration_s", "1e-09", "[0.01, 600]"),
+        (["duration_s=600.5"], "duration_s", "600.5", "[0.01, 600]"),
+        (["duration_s=601"], "duration_s", "601.0", "[0.01, 600]"),
         (["export.bit_depth=20"], "export.bit_depth", "20", "wav allows 16, 24, 32"),
         (["chunking=nope"], "chunking", "nope", "choose one of crossfade, latent_interp"),
-        (["stereo.width=2"], "stereo.width", "2.0", "[0, 1.5]"),
+        (["stereo=mid_side", "stereo.width=2"], "stereo.width", "2.0", "[0, 1.5]"),
         (["reproduce=/no/such/sidecar.json"], "reproduce", "/no/such/sidecar.json", "sidecar .json (file not found)"),
         (["export.sample_rate=22050"], "export.sample_rate", "22050", "44100, 48000, 96000"),
         (["export.bit_depth=8"], "export.bit_depth", "8", "16, 24, 32"),
         (["export=flac", "export.bit_depth=32"], "export.bit_depth", "32", "flac allows 16, 24"),
-        (["chunking.mode=granular"], "chunking.mode", "granular", "crossfade, latent_interp"),
         (["chunking=granular"], "chunking", "granular", "crossfade, latent_interp"),
-        (["stereo.mode=surround"], "stereo.mode", "surround", "mono, mid_side, dual_seed"),
         (["stereo=surround"], "stereo", "surround", "dual_seed, mid_side, mono"),
-        (["stereo.width=1.6"], "stereo.width", "1.6", "[0, 1.5]"),
-        (["stereo.width=-0.1"], "stereo.width", "-0.1", "[0, 1.5]"),
+        (["stereo=mid_side", "stereo.width=1.6"], "stereo.width", "1.6", "[0, 1.5]"),
+        (["stereo=mid_side", "stereo.width=-0.1"], "stereo.width", "-0.1", "[0, 1.5]"),
         (["seed=-1"], "seed", "-1", "[0, 4294967295]"),
         (["seed=4294967296"], "seed", "4294967296", "[0, 4294967295]"),
         (["count=0"], "count", "0", ">= 1"),
@@ -107,7 +104,7 @@ def test_bad_values_fail_with_one_line_naming_key_value_and_allowed(overrides, k
 
 def test_config_from_a_plain_dict_is_validated_the_same_way():
     data = compose_run("stereo=dual_seed").generation_fields()
-    assert run_config_from_dict(data).stereo.mode == StereoMode.dual_seed
+    assert run_config_from_dict(data).stereo.mode == "dual_seed"
     data["export"]["sample_rate"] = 22050
     with pytest.raises(ConfigError, match="export.sample_rate=22050"):
         run_config_from_dict(data)
@@ -116,7 +113,10 @@ def test_config_from_a_plain_dict_is_validated_the_same_way():
 def test_python_api_config_validates_without_hydra():
     assert GenerationConfig(duration_s=5.0).duration_s == 5.0
     with pytest.raises(ConfigError, match="export.bit_depth=20"):
-        GenerationConfig(export=ExportConfig(bit_depth=20))
+        GenerationConfig(export=WavExport(bit_depth=20))
+    with pytest.raises(ConfigError, match="stereo="):
+        GenerationConfig(stereo=LatentInterpChunking())  # an option of another group
+    assert GenerationConfig().stereo == MonoStereo()
 
 
 def test_sweep_points_are_expanded_like_hydra_does():
@@ -129,19 +129,35 @@ def test_sweep_points_are_expanded_like_hydra_does():
 def test_preflight_validates_every_sweep_point_before_anything_runs():
     overrides = ["seed=range(0,2000)", "export.sample_rate=44100,48000,4800"]
     with pytest.raises(ConfigError, match=r"export.sample_rate=4800 is not allowed"):
-        plan("config", overrides, True, RunConfig, to_run_config, fast_keys={"seed": with_seed})
-    configs = plan(
-        "config",
-        ["seed=range(0,2000)", "chunking=crossfade,latent_interp"],
-        True,
-        RunConfig,
-        to_run_config,
-        fast_keys={"seed": with_seed},
-    ).configs
-    assert len(configs) == 4000
+        plan("config", overrides, RunConfig, to_run_config, multirun=True)
+    found = plan("config", ["seed=range(0,2000)", "chunking=crossfade,latent_interp"], RunConfig, to_run_config, True)
+    configs = list(found.configs())
+    assert len(configs) == found.jobs == 4000
     assert {c.seed for c in configs} == set(range(2000))
+    assert {c.chunking.mode for c in configs} == {"crossfade", "latent_interp"}
+    assert len(found.compositions) == 2  # composed once per chunking option, not once per seed
     with pytest.raises(ConfigError, match=r"seed=-1"):
-        plan("config", ["seed=5,-1"], True, RunConfig, to_run_config, fast_keys={"seed": with_seed})
+        plan("config", ["seed=5,-1"], RunConfig, to_run_config, True)
+    with pytest.raises(ConfigError, match=r"seed=4294967295 .*count is 2"):
+        plan("config", ["seed=0,4294967295", "count=2"], RunConfig, to_run_config, True)
+
+
+def test_a_sweep_that_sets_a_key_of_another_option_is_refused_before_it_runs():
+    # stereo.width belongs to mid_side: the mono points would render the same audio twice
+    with pytest.raises(ConfigError, match=r"stereo.width=.*keys of stereo=mono: none"):
+        plan("config", ["stereo=mono,mid_side", "stereo.width=0.5,1.0"], RunConfig, to_run_config, True)
+    found = plan("config", ["stereo=mid_side", "stereo.width=0.5,1.0"], RunConfig, to_run_config, True)
+    assert [c.stereo.width for c in found.configs()] == [0.5, 1.0]
+
+
+def test_a_million_point_sweep_is_answered_at_once_without_listing_its_points():
+    # a seed range is checked by its ends: no list of a million points is ever made
+    huge = plan("config", ["seed=range(0,9000)", "count=3"], RunConfig, to_run_config, True)
+    assert huge.jobs == 9000 and isinstance(huge.seeds, range) and len(huge.compositions) == 1
+    with pytest.raises(ConfigError, match=rf"at most {MAX_SWEEP_JOBS} jobs per sweep; .*count=N"):
+        plan("config", ["seed=range(0,1000000)"], RunConfig, to_run_config, True)
+    with pytest.raises(ConfigError, match=r"seed=4294967295 .*count is 3"):
+        plan("config", ["seed=range(4294967290,4294967296)", "count=3"], RunConfig, to_run_config, True)
 
 
 @pytest.mark.parametrize(

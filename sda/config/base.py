@@ -38,11 +38,13 @@ class Sealed:
         """Range checks; raise ConfigError naming the full key."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict (enums as their values)."""
-        return plain(dataclasses.asdict(self))
+        """Plain JSON-safe dict (enums as their values; nested configs by their own to_dict)."""
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 def plain(value: Any) -> Any:
+    if isinstance(value, Sealed):
+        return value.to_dict()
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):

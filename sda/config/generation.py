@@ -9,31 +9,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from omegaconf import MISSING
 
 from sda.config.base import MAX_SEED, Sealed, check_device, check_range, check_seed, resolve_device
 from sda.errors import ConfigError
 
 MAX_DURATION_S = 600.0
+# 10 ms: at least 441 frames at every export rate (a shorter file is no sound, only a click).
+MIN_DURATION_S = 0.01
 SAMPLE_RATES = (44100, 48000, 96000)
 INTERNAL_SAMPLE_RATE = 48000
-BIT_DEPTHS = {"wav": (16, 24, 32), "flac": (16, 24), "ogg": (16,)}
-
-
-class ChunkingMode(str, Enum):
-    crossfade = "crossfade"
-    latent_interp = "latent_interp"
-
-
-class StereoMode(str, Enum):
-    mono = "mono"
-    mid_side = "mid_side"
-    dual_seed = "dual_seed"
-
-
-class AudioFormat(str, Enum):
-    wav = "wav"
-    flac = "flac"
-    ogg = "ogg"
 
 
 class InverseMel(str, Enum):
@@ -64,22 +49,39 @@ class ModelConfig(Sealed):
             raise ConfigError(f"{self.KEY}.checkpoint", self.checkpoint, "give a model name or a checkpoint path")
 
 
-@dataclass(unsafe_hash=True)
-class ChunkingConfig(Sealed):
-    """How a duration longer than one model window is built.
+class GroupOption(Sealed):
+    """One option of a config group (a file in conf/<group>/). The option's name is a class
+    constant, not a field: `chunking=latent_interp` chooses the class, and a key that belongs to
+    another option (`chunking.chunk_s` with latent_interp) is refused while composing."""
 
-    crossfade: an independent latent per `chunk_s` chunk, decoded and phase-reconstructed per
-    chunk, joined by equal-power crossfades of `overlap_ms`.
-    latent_interp: anchor latents every `anchor_interval_s`, SLERP between them for each mel
-    window (windows `window_hop_fraction` of a window apart), windowed overlap-add of the
-    decoded mels, then one phase reconstruction over the whole spectrogram."""
+    KEY: ClassVar[str]
+    NAME_KEY: ClassVar[str] = "mode"  # how to_dict() names the option
+    OPTION: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The option's name first, then its fields (what sidecars and identities hold)."""
+        return {self.NAME_KEY: self.OPTION, **super().to_dict()}
+
+
+@dataclass(unsafe_hash=True)
+class ChunkingConfig(GroupOption):
+    """How a duration longer than one model window is built (an option of `chunking`)."""
 
     KEY: ClassVar[str] = "chunking"
-    mode: ChunkingMode = ChunkingMode.crossfade
+
+    @property
+    def mode(self) -> str:
+        return self.OPTION
+
+
+@dataclass(unsafe_hash=True)
+class CrossfadeChunking(ChunkingConfig):
+    """An independent latent per `chunk_s` chunk, decoded and phase-reconstructed per chunk (the
+    middle of a model window), joined by equal-power crossfades of `overlap_ms`."""
+
+    OPTION: ClassVar[str] = "crossfade"
     chunk_s: float = 1.0
     overlap_ms: float = 100.0
-    anchor_interval_s: float = 2.0
-    window_hop_fraction: float = 0.5
 
     def validate(self) -> None:
         check_range(f"{self.KEY}.chunk_s", self.chunk_s, 0.0, 60.0, low_open=True)
@@ -90,23 +92,51 @@ class ChunkingConfig(Sealed):
                 self.overlap_ms,
                 f"at most half of chunking.chunk_s ({self.chunk_s * 500:g} ms)",
             )
-        check_range(f"{self.KEY}.anchor_interval_s", self.anchor_interval_s, 0.05, 600.0)
-        if self.window_hop_fraction != 0.5:
-            raise ConfigError(
-                f"{self.KEY}.window_hop_fraction",
-                self.window_hop_fraction,
-                "only 0.5 (a periodic Hann window is constant-overlap-add at half-window hops)",
-            )
 
 
 @dataclass(unsafe_hash=True)
-class StereoConfig(Sealed):
-    """mono: one channel. mid_side: a Haas delay of `haas_ms` on the right channel, then the side
-    signal scaled by `width`. dual_seed: the right channel generated from a second seed derived
-    from the left one (see sda.seeds)."""
+class LatentInterpChunking(ChunkingConfig):
+    """Anchor latents every `anchor_interval_s`, SLERP between them for each mel window (windows
+    half a window apart), windowed overlap-add of the decoded mels, then one phase reconstruction
+    over the whole spectrogram: slow continuous evolution."""
+
+    OPTION: ClassVar[str] = "latent_interp"
+    anchor_interval_s: float = 2.0
+
+    def validate(self) -> None:
+        check_range(f"{self.KEY}.anchor_interval_s", self.anchor_interval_s, 0.05, 600.0)
+
+
+@dataclass(unsafe_hash=True)
+class StereoConfig(GroupOption):
+    """How the channels are made (an option of `stereo`)."""
 
     KEY: ClassVar[str] = "stereo"
-    mode: StereoMode = StereoMode.mono
+    CHANNELS: ClassVar[int] = 2
+
+    @property
+    def mode(self) -> str:
+        return self.OPTION
+
+    @property
+    def channels(self) -> int:
+        return self.CHANNELS
+
+
+@dataclass(unsafe_hash=True)
+class MonoStereo(StereoConfig):
+    """One channel."""
+
+    OPTION: ClassVar[str] = "mono"
+    CHANNELS: ClassVar[int] = 1
+
+
+@dataclass(unsafe_hash=True)
+class MidSideStereo(StereoConfig):
+    """A Haas delay of `haas_ms` on the right channel, then the side signal scaled by `width`
+    (0 = mono, 1 = plain Haas, 1.5 = wide)."""
+
+    OPTION: ClassVar[str] = "mid_side"
     width: float = 1.0
     haas_ms: float = 12.0
 
@@ -114,39 +144,103 @@ class StereoConfig(Sealed):
         check_range(f"{self.KEY}.width", self.width, 0.0, 1.5)
         check_range(f"{self.KEY}.haas_ms", self.haas_ms, 0.0, 40.0)
 
-    @property
-    def channels(self) -> int:
-        return 1 if self.mode == StereoMode.mono else 2
+
+@dataclass(unsafe_hash=True)
+class DualSeedStereo(StereoConfig):
+    """The right channel generated from a second seed derived from the left one (see sda.seeds)."""
+
+    OPTION: ClassVar[str] = "dual_seed"
 
 
 @dataclass(unsafe_hash=True)
-class ExportConfig(Sealed):
-    """File format. The pipeline works at 48 kHz and resamples once, at the end."""
+class ExportConfig(GroupOption):
+    """The file format (an option of `export`). The pipeline works at 48 kHz and resamples
+    once, at the end, to `sample_rate`."""
 
     KEY: ClassVar[str] = "export"
-    format: AudioFormat = AudioFormat.wav
+    NAME_KEY: ClassVar[str] = "format"
+    BIT_DEPTHS: ClassVar[tuple[int, ...]] = ()
     sample_rate: int = 48000
-    bit_depth: int = 24
-    ogg_quality: float = 0.7
+
+    @property
+    def format(self) -> str:
+        return self.OPTION
+
+    @property
+    def extension(self) -> str:
+        return f".{self.OPTION}"
 
     def validate(self) -> None:
         if self.sample_rate not in SAMPLE_RATES:
             raise ConfigError(
                 f"{self.KEY}.sample_rate", self.sample_rate, f"one of {', '.join(map(str, SAMPLE_RATES))}"
             )
-        depths = BIT_DEPTHS[self.format.value]
-        if self.bit_depth not in depths:
-            raise ConfigError(
-                f"{self.KEY}.bit_depth",
-                self.bit_depth,
-                f"{self.format.value} allows {', '.join(map(str, depths))}"
-                + (" (16 = PCM, 24 = PCM, 32 = float)" if self.format == AudioFormat.wav else ""),
-            )
-        check_range(f"{self.KEY}.ogg_quality", self.ogg_quality, 0.0, 1.0)
+
+
+@dataclass(unsafe_hash=True)
+class WavExport(ExportConfig):
+    """WAV: 16-bit PCM (TPDF dither), 24-bit PCM or 32-bit float."""
+
+    OPTION: ClassVar[str] = "wav"
+    BIT_DEPTHS: ClassVar[tuple[int, ...]] = (16, 24, 32)
+    bit_depth: int = 24
+
+    def validate(self) -> None:
+        super().validate()
+        _check_bit_depth(self, " (16 = PCM, 24 = PCM, 32 = float)")
+
+
+@dataclass(unsafe_hash=True)
+class FlacExport(ExportConfig):
+    """FLAC: 16-bit (TPDF dither) or 24-bit, lossless."""
+
+    OPTION: ClassVar[str] = "flac"
+    BIT_DEPTHS: ClassVar[tuple[int, ...]] = (16, 24)
+    bit_depth: int = 24
+
+    def validate(self) -> None:
+        super().validate()
+        _check_bit_depth(self, "")
+
+
+@dataclass(unsafe_hash=True)
+class OggExport(ExportConfig):
+    """Ogg Vorbis at `quality` in [0, 1] (libsndfile's VBR quality)."""
+
+    OPTION: ClassVar[str] = "ogg"
+    quality: float = 0.7
 
     @property
-    def extension(self) -> str:
-        return f".{self.format.value}"
+    def bit_depth(self) -> int:
+        """Vorbis has no bit depth; 16 stands for its nominal precision in file records."""
+        return 16
+
+    def validate(self) -> None:
+        super().validate()
+        check_range(f"{self.KEY}.quality", self.quality, 0.0, 1.0)
+
+
+def _check_bit_depth(export: WavExport | FlacExport, note: str) -> None:
+    if export.bit_depth not in export.BIT_DEPTHS:
+        raise ConfigError(
+            f"{export.KEY}.bit_depth",
+            export.bit_depth,
+            f"{export.OPTION} allows {', '.join(map(str, export.BIT_DEPTHS))}{note}",
+        )
+
+
+# Every option of every group, by group and name: the YAML files in conf/<group>/ name these.
+OPTIONS: dict[str, dict[str, type[GroupOption]]] = {
+    "chunking": {c.OPTION: c for c in (CrossfadeChunking, LatentInterpChunking)},
+    "stereo": {c.OPTION: c for c in (MonoStereo, MidSideStereo, DualSeedStereo)},
+    "export": {c.OPTION: c for c in (WavExport, FlacExport, OggExport)},
+}
+# The option a group takes when the Python API leaves it out (conf/config.yaml's defaults).
+DEFAULT_OPTIONS: dict[str, type[GroupOption]] = {
+    "chunking": CrossfadeChunking,
+    "stereo": MonoStereo,
+    "export": WavExport,
+}
 
 
 @dataclass(unsafe_hash=True)
@@ -178,10 +272,23 @@ class GenerationConfig(Sealed):
     device: str = "auto"
     batch_size: int = 0  # 0: chosen from the device
     model: ModelConfig = field(default_factory=ModelConfig)
-    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
-    stereo: StereoConfig = field(default_factory=StereoConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+    # A group with several options is typed by its base class and left MISSING here, so Hydra can
+    # merge any option into it (a default instance would fix the type); __post_init__ gives the
+    # Python API the default option.
+    chunking: ChunkingConfig = MISSING
+    stereo: StereoConfig = MISSING
+    export: ExportConfig = MISSING
     phase: PhaseConfig = field(default_factory=PhaseConfig)
+
+    def __post_init__(self) -> None:
+        for group, option in DEFAULT_OPTIONS.items():
+            value = getattr(self, group)
+            if value == MISSING:
+                object.__setattr__(self, group, option())
+            elif not isinstance(value, OPTIONS[group].get(getattr(value, "OPTION", None), ())):
+                allowed = ", ".join(f"{c.__name__}" for c in OPTIONS[group].values())
+                raise ConfigError(group, value, f"one of {allowed}")
+        super().__post_init__()
 
     def validate(self) -> None:
         check_seed("seed", self.seed)
@@ -189,7 +296,7 @@ class GenerationConfig(Sealed):
             raise ConfigError("count", self.count, "an integer >= 1")
         if self.seed + self.count - 1 > MAX_SEED:
             raise ConfigError("count", self.count, f"seed + count - 1 must stay <= {MAX_SEED}; seed is {self.seed}")
-        check_range("duration_s", self.duration_s, 0.0, MAX_DURATION_S, low_open=True)
+        check_range("duration_s", self.duration_s, MIN_DURATION_S, MAX_DURATION_S)
         check_device("device", self.device)
         if self.batch_size < 0:
             raise ConfigError("batch_size", self.batch_size, "0 (automatic) or a positive integer")

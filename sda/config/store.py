@@ -4,34 +4,40 @@ DictConfig (or a plain dict) into a validated, sealed object."""
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from sda.config.evaluation import EvaluateConfig
-from sda.config.generation import ChunkingConfig, ExportConfig, ModelConfig, RunConfig, StereoConfig
+from sda.config.generation import OPTIONS, ModelConfig, RunConfig
 from sda.config.training import DatasetConfig, TrainConfig
 from sda.errors import ConfigError
 
 
 def check_known_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
-    """Reject keys the schema does not declare (Hydra's `+key=value` adds them regardless)."""
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    hints = typing.get_type_hints(schema)
+    """Reject keys the schema does not declare (Hydra's `+key=value` adds them regardless). A
+    group's node is checked against the option chosen for it, not the group's base class."""
+    fields = {f.name for f in dataclasses.fields(schema)}
     for key in cfg.keys():
         full = f"{prefix}{key}"
         if key not in fields:
-            allowed = ", ".join(sorted(fields))
-            where = f"in {prefix[:-1]}" if prefix else "at the top level"
-            raise ConfigError(
-                full, OmegaConf.select(cfg, str(key), throw_on_missing=False), f"unknown key; keys {where}: {allowed}"
-            )
-        sub_type = hints[key]
+            value = OmegaConf.select(cfg, str(key), throw_on_missing=False)
+            raise ConfigError(full, value, f"unknown key; {describe_keys(schema, prefix[:-1])}")
         node = cfg._get_node(key)  # noqa: SLF001 - the only way to see a node without resolving it
-        if sub_type is not None and dataclasses.is_dataclass(sub_type) and isinstance(node, DictConfig):
-            check_known_keys(node, sub_type, f"{full}.")
+        if isinstance(node, DictConfig) and not node._is_missing():  # noqa: SLF001
+            node_type = OmegaConf.get_type(node)
+            if node_type is not None and dataclasses.is_dataclass(node_type):
+                check_known_keys(node, node_type, f"{full}.")
+
+
+def describe_keys(schema: type, where: str) -> str:
+    """`keys of stereo=mono: none` / `keys at the top level: a, b` for an error message."""
+    names = ", ".join(sorted(f.name for f in dataclasses.fields(schema))) or "none"
+    option = getattr(schema, "OPTION", None)
+    if option is not None:
+        return f"keys of {where}={option}: {names}"
+    return f"keys in {where}: {names}" if where else f"keys at the top level: {names}"
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
@@ -68,9 +74,18 @@ class _open:
 
 
 def run_config_from_dict(data: dict[str, Any], schema: type = RunConfig) -> Any:
-    """Build a validated config from a plain dict (a sidecar's `config`), through the schema."""
-    base = OmegaConf.structured(schema)
-    cfg = OmegaConf.merge(base, OmegaConf.create(data))
+    """Build a validated config from a plain dict (a sidecar's `config`, as `to_dict` writes
+    it: each group's option named by its `mode`/`format` key), through the schemas."""
+    data = dict(data)
+    for group, options in OPTIONS.items():
+        if isinstance(data.get(group), dict):
+            fields = dict(data[group])
+            name_key = next(iter(options.values())).NAME_KEY
+            name = fields.pop(name_key, None)
+            if name not in options:
+                raise ConfigError(f"{group}.{name_key}", name, f"one of {', '.join(options)}")
+            data[group] = OmegaConf.merge(OmegaConf.structured(options[name]), fields)
+    cfg = OmegaConf.merge(OmegaConf.structured(schema), data)
     return _to_object(cfg, schema)
 
 
@@ -93,7 +108,8 @@ def register_configs() -> None:
     cs.store(name="sda_train_schema", node=TrainConfig)
     cs.store(name="sda_evaluate_schema", node=EvaluateConfig)
     cs.store(group="model", name="schema", node=ModelConfig)
-    cs.store(group="chunking", name="schema", node=ChunkingConfig)
-    cs.store(group="stereo", name="schema", node=StereoConfig)
-    cs.store(group="export", name="schema", node=ExportConfig)
+    # One schema per option (conf/<group>/<option>.yaml names `<option>_schema` in its defaults).
+    for group, options in OPTIONS.items():
+        for name, option in options.items():
+            cs.store(group=group, name=f"{name}_schema", node=option)
     cs.store(group="dataset", name="schema", node=DatasetConfig)
