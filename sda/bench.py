@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import platform
 import resource
@@ -29,54 +28,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchaudio
 
 from sda import seeds as seeding
-from sda.config import ChunkingConfig, ChunkingMode, GenerationConfig, StereoConfig, StereoMode
-from sda.dsp.chunking import cola_window, equal_power_crossfade, interpolate_anchors, overlap_add_frames
-from sda.dsp.spectrogram import decompress
+from sda.config import OPTIONS, CrossfadeChunking, GenerationConfig
+from sda.dsp.chunking import (
+    cola_window,
+    crossfade_layout,
+    equal_power_crossfade,
+    interpolate_anchors,
+    latent_interp_layout,
+    overlap_add_frames,
+)
+from sda.dsp.phase import reference_reconstruct
 from sda.model import load_model
 from sda.outputs import save_result
+from sda.pipeline import STAGES as PIPELINE_STAGES
 from sda.pipeline import GenerationPipeline, StageClock
 from sda.versions import versions
 
-STAGES = ("decode", "phase", "dsp", "export")
+STAGES = (*PIPELINE_STAGES, "export")
 
 
 class ReferencePipeline(GenerationPipeline):
     """The straightforward path: per seed, per chunk, torchaudio's least-squares inverse mel and
-    128 Griffin-Lim iterations. Only `render_voices` differs from the batched pipeline."""
-
-    ITERATIONS = 128
+    128 Griffin-Lim iterations (sda.dsp.phase.reference_reconstruct). Only `render_voices`
+    differs from the batched pipeline; the chunk and window layouts are the pipeline's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        s = self.settings
         self.batch_size = 1
-        self.inverse = torchaudio.transforms.InverseMelScale(
-            n_stft=s.n_freqs,
-            n_mels=s.n_mels,
-            sample_rate=s.sample_rate,
-            f_min=s.f_min,
-            f_max=s.f_max,
-            norm=s.mel_norm,
-            mel_scale=s.mel_scale,
-            driver="gelsd" if self.device.type == "cpu" else "gels",
-        ).to(self.device)
-
-    def _griffin_lim(self, magnitude: torch.Tensor, length: int, seed: int) -> torch.Tensor:
-        s = self.settings
-        gl = torchaudio.transforms.GriffinLim(
-            n_fft=s.n_fft,
-            hop_length=s.hop_length,
-            power=1.0,
-            n_iter=self.ITERATIONS,
-            momentum=0.99,
-            length=length,
-            rand_init=True,
-        ).to(self.device)
-        torch.manual_seed(seed)  # torchaudio draws its random start from the global generator
-        return gl(magnitude)
 
     def render_voices(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> torch.Tensor:
         return torch.cat([self._render_one(seed, samples, clock) for seed in voice_seeds])
@@ -84,37 +64,29 @@ class ReferencePipeline(GenerationPipeline):
     def _render_one(self, seed: int, samples: int, clock: StageClock) -> torch.Tensor:
         cfg, s = self.config.chunking, self.settings
         dim = self.model.latent_dim
-        if cfg.mode == ChunkingMode.crossfade:
-            chunk = round(cfg.chunk_s * s.sample_rate)
-            overlap = round(cfg.overlap_ms * s.sample_rate / 1000)
-            n_chunks = max(1, math.ceil((samples - overlap) / (chunk - overlap)))
-            latents = seeding.sample_latents(seed, n_chunks, dim).to(self.device)
-            start = (s.window_samples - chunk) // 2
+        if isinstance(cfg, CrossfadeChunking):
+            layout = crossfade_layout(samples, s.sample_rate, s.window_samples, cfg.chunk_s, cfg.overlap_ms)
+            latents = seeding.sample_latents(seed, layout.n_chunks, dim).to(self.device)
             pieces = []
-            for i in range(n_chunks):
+            for i in range(layout.n_chunks):
                 with clock.stage("decode"):
                     log_mel = self._decode(latents[i : i + 1])
                 with clock.stage("phase"):
-                    audio = self._griffin_lim(self.inverse(decompress(log_mel)), s.window_samples, seed * 1000 + i)
-                pieces.append(audio[:, start : start + chunk])
+                    audio = reference_reconstruct(log_mel, s, s.window_samples, seed * 1000 + i)
+                pieces.append(audio[:, layout.start : layout.start + layout.chunk])
             with clock.stage("dsp"):
-                joined = equal_power_crossfade(torch.stack(pieces, dim=1).unsqueeze(2), overlap)
+                joined = equal_power_crossfade(torch.stack(pieces, dim=1).unsqueeze(2), layout.overlap)
             return joined[..., :samples]
-        frames = s.window_frames
-        hop = max(1, round(frames * cfg.window_hop_fraction))
-        needed = 1 + math.ceil(samples / s.hop_length)
-        n_windows = max(1, math.ceil(max(0, needed - frames) / hop) + 1)
-        centres = (torch.arange(n_windows, dtype=torch.float64) * hop + frames / 2) * s.hop_length / s.sample_rate
-        positions = centres / cfg.anchor_interval_s
-        anchors = seeding.sample_latents(seed, int(positions[-1].item()) + 2, dim).to(self.device)[None]
-        latents = interpolate_anchors(anchors, positions.to(self.device, torch.float32))[0]
+        layout = latent_interp_layout(samples, s.sample_rate, s.hop_length, s.window_frames, cfg.anchor_interval_s)
+        anchors = seeding.sample_latents(seed, layout.n_anchors, dim).to(self.device)[None]
+        latents = interpolate_anchors(anchors, layout.positions.to(self.device, torch.float32))[0]
         with clock.stage("decode"):
-            log_mels = torch.stack([self._decode(latents[i : i + 1])[0] for i in range(n_windows)])[None]
+            log_mels = torch.stack([self._decode(latents[i : i + 1])[0] for i in range(layout.n_windows)])[None]
         with clock.stage("dsp"):
-            spectrogram = overlap_add_frames(log_mels, hop, cola_window(frames, hop, device=self.device))
+            window = cola_window(layout.window_frames, layout.hop_frames, device=self.device)
+            spectrogram = overlap_add_frames(log_mels, layout.hop_frames, window)
         with clock.stage("phase"):
-            length = ((n_windows - 1) * hop + frames - 1) * s.hop_length
-            audio = self._griffin_lim(self.inverse(decompress(spectrogram)), length, seed)
+            audio = reference_reconstruct(spectrogram, s, layout.length, seed)
         return audio[..., :samples].unsqueeze(1)
 
 
@@ -152,8 +124,8 @@ def run_path(
             duration_s=duration,
             device=device,
             batch_size=batch_size,
-            stereo=StereoConfig(mode=StereoMode(stereo)),
-            chunking=ChunkingConfig(mode=ChunkingMode(chunking)),
+            stereo=OPTIONS["stereo"][stereo](),
+            chunking=OPTIONS["chunking"][chunking](),
         )
         return cls(model, cfg)
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchaudio
 
 from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import load_audio_folder
-from sda.dsp.phase import griffin_lim, inverse_mel, spectral_convergence
+from sda.dsp.phase import griffin_lim, inverse_mel, reference_reconstruct, spectral_convergence
 from sda.dsp.spectrogram import SpectrogramSettings, decompress, log_mel, stft
 from sda.versions import versions
 
@@ -54,32 +53,6 @@ def corpus_windows(folder: Path, settings: SpectrogramSettings) -> torch.Tensor:
             start = (audio.shape[0] - n) // 2
             windows.append(audio[start : start + n])
     return torch.stack(windows)
-
-
-def reference_reconstruct(
-    log_mels: torch.Tensor, settings: SpectrogramSettings, length: int, seed: int
-) -> torch.Tensor:
-    inverse = torchaudio.transforms.InverseMelScale(
-        n_stft=settings.n_freqs,
-        n_mels=settings.n_mels,
-        sample_rate=settings.sample_rate,
-        f_min=settings.f_min,
-        f_max=settings.f_max,
-        norm=settings.mel_norm,
-        mel_scale=settings.mel_scale,
-        driver="gelsd",
-    )
-    gl = torchaudio.transforms.GriffinLim(
-        n_fft=settings.n_fft,
-        hop_length=settings.hop_length,
-        power=1.0,
-        n_iter=128,
-        momentum=0.99,
-        length=length,
-        rand_init=True,
-    )
-    torch.manual_seed(seed)  # torchaudio's random start comes from the global generator
-    return gl(inverse(decompress(log_mels)))
 
 
 def reconstruct(

@@ -26,21 +26,33 @@ import numpy as np
 import torch
 
 from sda import seeds as seeding
-from sda.config import INTERNAL_SAMPLE_RATE, ChunkingMode, GenerationConfig, StereoMode
-from sda.dsp.chunking import cola_window, equal_power_crossfade, interpolate_anchors, overlap_add_frames
-from sda.dsp.filters import anti_alias
-from sda.dsp.normalize import enforce_ceiling, peak_normalize
+from sda.config import (
+    INTERNAL_SAMPLE_RATE,
+    CrossfadeChunking,
+    DualSeedStereo,
+    GenerationConfig,
+    LatentInterpChunking,
+    MidSideStereo,
+)
+from sda.dsp.chunking import (
+    CrossfadeLayout,
+    LatentInterpLayout,
+    cola_window,
+    crossfade_layout,
+    equal_power_crossfade,
+    interpolate_anchors,
+    latent_interp_layout,
+    overlap_add_frames,
+)
+from sda.dsp.finish import FinishSettings, finish
 from sda.dsp.phase import griffin_lim, inverse_mel
 from sda.dsp.quality import QualityMetrics, measure_quality_batch
-from sda.dsp.resample import resample
 from sda.dsp.spectrogram import decompress
-from sda.dsp.stereo import join_dual_seed, mid_side_widen
 from sda.errors import CheckpointError, ConfigError
 from sda.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
-PEAK_DBFS = -1.0
 STAGES = ("decode", "phase", "dsp")
 # The decoder runs in float64 and its output is rounded to float32. Why: oneDNN picks its kernels
 # (and so its rounding) by batch size, and Griffin-Lim amplifies differences of 1e-7 in its input
@@ -156,6 +168,13 @@ class GenerationPipeline:
         self.phase_frames_per_group = PHASE_FRAMES_PER_GROUP[self.device.type == "cuda"]
         self.decode_group = DECODE_GROUP[self.device.type == "cuda"]
         self.last_batch_sizes: list[int] = []
+        stereo = config.stereo
+        self.finish_settings = FinishSettings(
+            stereo=stereo.mode,
+            width=stereo.width if isinstance(stereo, MidSideStereo) else 1.0,
+            haas_ms=stereo.haas_ms if isinstance(stereo, MidSideStereo) else 0.0,
+            output_sample_rate=config.export.sample_rate,
+        )
 
     # ----------------------------------------------------------------------------------------
     def generate(self, seeds: Sequence[int] | int | None = None) -> list[GenerationResult]:
@@ -200,34 +219,15 @@ class GenerationPipeline:
         cfg = self.config
         started = datetime.now(UTC)
         clock = StageClock(self.device)
-        sr = self.settings.sample_rate
-        dual = cfg.stereo.mode == StereoMode.dual_seed
+        dual = isinstance(cfg.stereo, DualSeedStereo)
         right_seeds = [seeding.right_seed(s) for s in seeds] if dual else []
-        voice_seeds = list(seeds) + right_seeds
-        needed = math.ceil(cfg.duration_s * sr) + MARGIN_SAMPLES
+        needed = math.ceil(cfg.duration_s * self.settings.sample_rate) + MARGIN_SAMPLES
 
-        voices = self.render_voices(voice_seeds, needed, clock)  # [V, 1, needed]
+        voices = self.render_voices(list(seeds) + right_seeds, needed, clock)  # [V, 1, needed]
         with clock.stage("dsp"):
-            voices = anti_alias(voices, sr)
-            b = len(seeds)
-            if dual:
-                audio = join_dual_seed(voices[:b], voices[b:])
-            elif cfg.stereo.mode == StereoMode.mid_side:
-                audio = mid_side_widen(voices, sr, cfg.stereo.width, cfg.stereo.haas_ms)
-            else:
-                audio = voices
-            audio, _ = peak_normalize(audio, PEAK_DBFS)
-            audio = resample(audio, sr, cfg.export.sample_rate)
-            # A peak between the new rate's samples reads lower (or higher) after resampling:
-            # normalise again at the output rate so every file peaks at exactly -1 dBFS.
-            audio, _ = peak_normalize(audio, PEAK_DBFS)
-            # The float32 product can round one step above the ceiling: never let it.
-            audio, _ = enforce_ceiling(audio, PEAK_DBFS)
             frames = round(cfg.duration_s * cfg.export.sample_rate)
-            if audio.shape[-1] < frames:
-                raise RuntimeError(f"generated {audio.shape[-1]} frames, fewer than the {frames} needed")
-            metrics = measure_quality_batch(audio[..., :frames], cfg.export.sample_rate)
-            audio = audio[..., :frames]
+            audio = finish(voices, self.settings.sample_rate, self.finish_settings, frames)
+            metrics = measure_quality_batch(audio, cfg.export.sample_rate)
             host = audio.float().cpu().numpy()
         finished = datetime.now(UTC)
         share = {stage: seconds / len(seeds) for stage, seconds in clock.seconds.items()}
@@ -252,9 +252,22 @@ class GenerationPipeline:
     # ----------------------------------------------------------------------------------------
     def render_voices(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> torch.Tensor:
         """Mono audio `[V, 1, samples]` at 48 kHz for each voice seed, by the chunking mode."""
-        if self.config.chunking.mode == ChunkingMode.crossfade:
-            return self._render_crossfade(voice_seeds, samples, clock)
-        return self._render_latent_interp(voice_seeds, samples, clock)
+        chunking = self.config.chunking
+        if isinstance(chunking, CrossfadeChunking):
+            layout = crossfade_layout(
+                samples, self.settings.sample_rate, self.settings.window_samples, chunking.chunk_s, chunking.overlap_ms
+            )
+            return self._render_crossfade(voice_seeds, layout, clock)[..., :samples]
+        if isinstance(chunking, LatentInterpChunking):
+            layout = latent_interp_layout(
+                samples,
+                self.settings.sample_rate,
+                self.settings.hop_length,
+                self.settings.window_frames,
+                chunking.anchor_interval_s,
+            )
+            return self._render_latent_interp(voice_seeds, layout, clock)[..., :samples]
+        raise TypeError(f"no renderer for chunking option {type(chunking).__name__}")
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decoder passes over `[N, latent_dim]` -> float32 log-mels `[N, n_mels, frames]`: one
@@ -299,62 +312,44 @@ class GenerationPipeline:
             gens.extend([g] * items_per_voice)
         return gens
 
-    def _render_crossfade(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> torch.Tensor:
-        cfg, settings = self.config.chunking, self.settings
-        sr = settings.sample_rate
-        chunk = round(cfg.chunk_s * sr)
-        overlap = round(cfg.overlap_ms * sr / 1000)
-        hop = chunk - overlap
-        n_chunks = max(1, math.ceil((samples - overlap) / hop))
+    def _render_crossfade(self, voice_seeds: Sequence[int], layout: CrossfadeLayout, clock: StageClock) -> torch.Tensor:
+        """`[V, 1, layout.total]`: an independent latent per chunk, every chunk of every voice
+        decoded in one pass and phase-reconstructed together, joined by crossfades."""
         latent_dim = self.model.latent_dim
         with clock.stage("decode"):
-            latents = torch.stack([seeding.sample_latents(s, n_chunks, latent_dim) for s in voice_seeds])
-            latents = latents.to(self.device).reshape(-1, latent_dim)
-            log_mels = self._decode(latents)  # [V * n_chunks, n_mels, frames]
+            latents = torch.stack([seeding.sample_latents(s, layout.n_chunks, latent_dim) for s in voice_seeds])
+            log_mels = self._decode(latents.to(self.device).reshape(-1, latent_dim))  # [V * n_chunks, n_mels, T]
         with clock.stage("phase"):
-            window = settings.window_samples
-            audio = self._phase(log_mels, window, self._phase_generators(voice_seeds, n_chunks))
-            start = (window - chunk) // 2  # the middle of a window: its edges reconstruct worst
-            chunks = audio[:, start : start + chunk].reshape(len(voice_seeds), n_chunks, 1, chunk)
+            audio = self._phase(log_mels, layout.window, self._phase_generators(voice_seeds, layout.n_chunks))
+            chunks = audio[:, layout.start : layout.start + layout.chunk]
+            chunks = chunks.reshape(len(voice_seeds), layout.n_chunks, 1, layout.chunk)
         with clock.stage("dsp"):
-            joined = equal_power_crossfade(chunks, overlap)  # [V, 1, total]
-        return joined[..., :samples]
+            return equal_power_crossfade(chunks, layout.overlap)
 
-    def _render_latent_interp(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> torch.Tensor:
-        cfg, settings = self.config.chunking, self.settings
-        window_frames = settings.window_frames
-        hop_frames = max(1, round(window_frames * cfg.window_hop_fraction))
-        frames_needed = 1 + math.ceil(samples / settings.hop_length)
-        n_windows = max(1, math.ceil(max(0, frames_needed - window_frames) / hop_frames) + 1)
-        total_frames = (n_windows - 1) * hop_frames + window_frames
-        centres_s = (
-            (torch.arange(n_windows, dtype=torch.float64) * hop_frames + window_frames / 2)
-            * settings.hop_length
-            / settings.sample_rate
-        )
-        positions = centres_s / cfg.anchor_interval_s
-        n_anchors = int(math.floor(positions[-1].item())) + 2
+    def _render_latent_interp(
+        self, voice_seeds: Sequence[int], layout: LatentInterpLayout, clock: StageClock
+    ) -> torch.Tensor:
+        """`[V, 1, layout.length]`: latents slerped between anchors, decoded windows overlap-added
+        into one spectrogram per voice, one phase reconstruction per voice."""
         latent_dim = self.model.latent_dim
         with clock.stage("decode"):
-            anchors = torch.stack([seeding.sample_latents(s, n_anchors, latent_dim) for s in voice_seeds]).to(
-                self.device
-            )
-            latents = interpolate_anchors(anchors, positions.to(self.device, torch.float32))  # [V, n_windows, D]
+            anchors = torch.stack([seeding.sample_latents(s, layout.n_anchors, latent_dim) for s in voice_seeds])
+            positions = layout.positions.to(self.device, torch.float32)
+            latents = interpolate_anchors(anchors.to(self.device), positions)  # [V, n_windows, D]
             log_mels = self._decode(latents.reshape(-1, latent_dim))
-            log_mels = log_mels.reshape(len(voice_seeds), n_windows, *log_mels.shape[-2:])
+            log_mels = log_mels.reshape(len(voice_seeds), layout.n_windows, *log_mels.shape[-2:])
         with clock.stage("dsp"):
-            window = cola_window(window_frames, hop_frames, device=self.device)
-            spectrogram = overlap_add_frames(log_mels, hop_frames, window)  # [V, n_mels, total_frames]
+            window = cola_window(layout.window_frames, layout.hop_frames, device=self.device)
+            spectrogram = overlap_add_frames(log_mels, layout.hop_frames, window)  # [V, n_mels, total_frames]
         with clock.stage("phase"):
-            length = (total_frames - 1) * settings.hop_length
-            audio = self._phase(spectrogram, length, self._phase_generators(voice_seeds, 1))
-        return audio[..., :samples].unsqueeze(1)
+            audio = self._phase(spectrogram, layout.length, self._phase_generators(voice_seeds, 1))
+        return audio.unsqueeze(1)
 
 
 def check_against_model(config: GenerationConfig, model: LoadedModel) -> None:
     """Checks that need the model's settings (run after loading, before any file is written)."""
     window_s = model.settings.window_samples / model.settings.sample_rate
-    if config.chunking.chunk_s > window_s + 1e-9:
+    if isinstance(config.chunking, CrossfadeChunking) and config.chunking.chunk_s > window_s + 1e-9:
         raise ConfigError(
             "chunking.chunk_s",
             config.chunking.chunk_s,

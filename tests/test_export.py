@@ -22,7 +22,7 @@ try:
 except ImportError:  # not on Windows
     resource = None
 
-from sda.config import AudioFormat, ExportConfig, GenerationConfig, PhaseConfig, StereoConfig, StereoMode
+from sda.config import OPTIONS, DualSeedStereo, GenerationConfig, PhaseConfig, WavExport
 from sda.dsp.quality import measure_quality
 from sda.errors import OutputError
 from sda.export import (
@@ -67,8 +67,8 @@ def stereo_results() -> dict[int, GenerationResult]:
         config = GenerationConfig(
             duration_s=0.5,
             device="cpu",
-            stereo=StereoConfig(mode=StereoMode.dual_seed),
-            export=ExportConfig(sample_rate=rate),
+            stereo=DualSeedStereo(),
+            export=WavExport(sample_rate=rate),
             phase=PhaseConfig(iterations=8),
         )
         results[rate] = GenerationPipeline(model, config).generate([11])[0]
@@ -77,7 +77,8 @@ def stereo_results() -> dict[int, GenerationResult]:
 
 def as_format(result: GenerationResult, format: str, bit_depth: int) -> GenerationResult:
     """The same audio with the export format changed (the format decides nothing before export)."""
-    export = dataclasses.replace(result.config.export, format=AudioFormat(format), bit_depth=bit_depth)
+    depth = {} if format == "ogg" else {"bit_depth": bit_depth}
+    export = OPTIONS["export"][format](sample_rate=result.config.export.sample_rate, **depth)
     return dataclasses.replace(result, config=dataclasses.replace(result.config, export=export))
 
 

@@ -19,14 +19,11 @@ import torch
 
 from sda import seeds as seeding
 from sda.config import (
-    ChunkingConfig,
-    ChunkingMode,
-    ExportConfig,
+    OPTIONS,
     GenerationConfig,
     PhaseConfig,
     PhaseInit,
-    StereoConfig,
-    StereoMode,
+    WavExport,
     run_config_from_dict,
 )
 from sda.dsp.quality import measure_quality
@@ -74,9 +71,9 @@ def make_config(
         duration_s=duration_s,
         device="cpu",
         batch_size=batch_size,
-        chunking=ChunkingConfig(mode=ChunkingMode(chunking), **chunk_options),
-        stereo=StereoConfig(mode=StereoMode(stereo)),
-        export=ExportConfig(sample_rate=sample_rate, bit_depth=bit_depth),
+        chunking=OPTIONS["chunking"][chunking](**chunk_options),
+        stereo=OPTIONS["stereo"][stereo](),
+        export=WavExport(sample_rate=sample_rate, bit_depth=bit_depth),
         phase=PhaseConfig(iterations=iterations, init=PhaseInit(init)),
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -160,3 +161,90 @@ def overlap_add_frames(windows: torch.Tensor, hop_frames: int, window: torch.Ten
     nonzero = weight.abs() > torch.finfo(weight.dtype).tiny
     safe_weight = torch.where(nonzero, weight, torch.ones_like(weight))
     return torch.where(nonzero, summed / safe_weight, torch.zeros_like(summed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts: how many chunks or windows a render of `samples` samples needs, and where they sit.
+# The pipeline and the benchmark's reference path both build their renders from these.
+
+
+@dataclass(frozen=True)
+class CrossfadeLayout:
+    """`n_chunks` chunks of `chunk` samples, `overlap` samples of crossfade, cut from each decoded
+    window of `window` samples at `start` (the middle: a window's edges reconstruct worst)."""
+
+    chunk: int
+    overlap: int
+    n_chunks: int
+    window: int
+
+    @property
+    def hop(self) -> int:
+        return self.chunk - self.overlap
+
+    @property
+    def start(self) -> int:
+        return (self.window - self.chunk) // 2
+
+    @property
+    def total(self) -> int:
+        """Samples after joining: n_chunks * chunk - (n_chunks - 1) * overlap."""
+        return self.n_chunks * self.chunk - (self.n_chunks - 1) * self.overlap
+
+
+def crossfade_layout(
+    samples: int, sample_rate: int, window_samples: int, chunk_s: float, overlap_ms: float
+) -> CrossfadeLayout:
+    """The fewest chunks whose crossfaded join covers `samples`."""
+    chunk = round(chunk_s * sample_rate)
+    overlap = round(overlap_ms * sample_rate / 1000)
+    if not 0 < chunk <= window_samples or not 0 <= overlap <= chunk // 2:
+        raise ValueError(f"chunk {chunk} and overlap {overlap} samples do not fit a window of {window_samples}")
+    n_chunks = max(1, math.ceil((samples - overlap) / (chunk - overlap)))
+    return CrossfadeLayout(chunk=chunk, overlap=overlap, n_chunks=n_chunks, window=window_samples)
+
+
+@dataclass(frozen=True)
+class LatentInterpLayout:
+    """`n_windows` decoded windows of `window_frames` frames, `hop_frames` apart, overlap-added into
+    `total_frames` frames; window i's latent lies at `positions[i]` (in anchor units) on a path
+    through `n_anchors` anchors. `length` is the audio the spectrogram reconstructs to."""
+
+    window_frames: int
+    hop_frames: int
+    n_windows: int
+    positions: torch.Tensor  # [n_windows] float64
+    n_anchors: int
+    hop_length: int
+
+    @property
+    def total_frames(self) -> int:
+        return (self.n_windows - 1) * self.hop_frames + self.window_frames
+
+    @property
+    def length(self) -> int:
+        return (self.total_frames - 1) * self.hop_length
+
+
+def latent_interp_layout(
+    samples: int, sample_rate: int, hop_length: int, window_frames: int, anchor_interval_s: float
+) -> LatentInterpLayout:
+    """Windows half a window apart (a Hann window at half-window hops is constant-overlap-add)
+    until the spectrogram covers `samples`; each window's latent sits at its centre's time over
+    `anchor_interval_s`, so anchors fall every `anchor_interval_s` seconds."""
+    hop_frames = max(1, round(window_frames * 0.5))
+    frames_needed = 1 + math.ceil(samples / hop_length)
+    n_windows = max(1, math.ceil(max(0, frames_needed - window_frames) / hop_frames) + 1)
+    centres_s = (
+        (torch.arange(n_windows, dtype=torch.float64) * hop_frames + window_frames / 2) * hop_length / sample_rate
+    )
+    positions = centres_s / anchor_interval_s
+    n_anchors = math.floor(positions[-1].item()) + 2
+    return LatentInterpLayout(
+        window_frames=window_frames,
+        hop_frames=hop_frames,
+        n_windows=n_windows,
+        positions=positions,
+        n_anchors=n_anchors,
+        hop_length=hop_length,
+    )

@@ -10,6 +10,9 @@ import math
 
 import torch
 
+# Every delivered file peaks here (sample peak, all channels): headroom for a DAW's mix bus.
+OUTPUT_PEAK_DBFS = -1.0
+
 
 def amplitude_to_dbfs(x: float | torch.Tensor) -> float | torch.Tensor:
     """20*log10(|x|): 1.0 is 0 dBFS, 0 is -inf dBFS. Floats in, float out; tensors in, tensor out."""

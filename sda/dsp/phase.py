@@ -19,8 +19,9 @@ import functools
 import math
 
 import torch
+import torchaudio
 
-from sda.dsp.spectrogram import SpectrogramSettings, istft, mel_filterbank, stft
+from sda.dsp.spectrogram import SpectrogramSettings, decompress, istft, mel_filterbank, stft
 
 # Gaussian approximation of a Hann window of length L: exp(-pi t^2 / gamma), gamma = 0.25645 L^2.
 HANN_GAMMA_FACTOR = 0.25645
@@ -199,3 +200,33 @@ def spectral_convergence(audio: torch.Tensor, magnitude: torch.Tensor, settings:
     frames = min(rebuilt.shape[-1], magnitude.shape[-1])
     diff = (rebuilt[..., :frames] - magnitude[..., :frames]).flatten(-2).norm(dim=-1)
     return diff / magnitude[..., :frames].flatten(-2).norm(dim=-1).clamp(min=1e-12)
+
+
+def reference_reconstruct(
+    log_mels: torch.Tensor, settings: SpectrogramSettings, length: int, seed: int, iterations: int = 128
+) -> torch.Tensor:
+    """torchaudio's own path, the yardstick for sda's phase settings (`sda.phase_table`,
+    `sda.bench`): a least-squares InverseMelScale, then `iterations` of GriffinLim (momentum
+    0.99) from a random start. `[..., n_mels, T]` log-mel -> `[..., length]` audio."""
+    device = log_mels.device
+    inverse = torchaudio.transforms.InverseMelScale(
+        n_stft=settings.n_freqs,
+        n_mels=settings.n_mels,
+        sample_rate=settings.sample_rate,
+        f_min=settings.f_min,
+        f_max=settings.f_max,
+        norm=settings.mel_norm,
+        mel_scale=settings.mel_scale,
+        driver="gelsd" if device.type == "cpu" else "gels",
+    ).to(device)
+    gl = torchaudio.transforms.GriffinLim(
+        n_fft=settings.n_fft,
+        hop_length=settings.hop_length,
+        power=1.0,
+        n_iter=iterations,
+        momentum=0.99,
+        length=length,
+        rand_init=True,
+    ).to(device)
+    torch.manual_seed(seed)  # torchaudio draws its random start from the global generator
+    return gl(inverse(decompress(log_mels)))
