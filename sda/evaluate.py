@@ -13,14 +13,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
-from sda.cli import single_run_main
 from sda.config import EvaluateConfig, register_configs, to_evaluate_config
+from sda.entry import record_job_status, single_run_main
 from sda.errors import SdaError
 from sda.evaluation import evaluate_model
 
 log = logging.getLogger("sda.evaluate")
 register_configs()
-_FAILED: list[SdaError] = []
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -31,7 +30,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         evaluation = evaluate_model(config, base_dir)
     except SdaError as error:
         log.error("%s", error)
-        _FAILED.append(error)
+        record_job_status(Path(HydraConfig.get().runtime.output_dir), error)
         return
     output = Path(config.output) if config.output else Path(HydraConfig.get().runtime.output_dir) / "evaluation.json"
     output = output if output.is_absolute() else base_dir / output
@@ -39,10 +38,11 @@ def _hydra_main(cfg: DictConfig) -> None:
     output.write_text(json.dumps(evaluation.to_dict(), indent=2))
     print(evaluation.table())
     print(f"written to {output}")
+    record_job_status(Path(HydraConfig.get().runtime.output_dir), None)
 
 
 def main() -> None:
-    single_run_main("sda.evaluate", "evaluate", EvaluateConfig, to_evaluate_config, _hydra_main, _FAILED)
+    single_run_main("sda.evaluate", "evaluate", EvaluateConfig, to_evaluate_config, _hydra_main)
 
 
 if __name__ == "__main__":

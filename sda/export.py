@@ -271,6 +271,12 @@ def write_bytes_atomic(path: Path, data: bytes, replace: bool = False) -> None:
             pass
 
 
+def write_json_atomic(path: Path, data: Any, replace: bool = False) -> None:
+    """JSON, atomically; NaN or infinity raise ValueError, so the file stays valid JSON."""
+    text = json.dumps(data, indent=2, allow_nan=False, default=str)
+    write_bytes_atomic(Path(path), (text + "\n").encode(), replace=replace)
+
+
 def write_sidecar(path: Path, record: dict[str, Any]) -> None:
     """JSON, atomically. NaN or infinity in the record raise ValueError: the file stays valid JSON."""
     text = json.dumps(record, indent=2, allow_nan=False, default=str)

@@ -36,9 +36,6 @@ from urllib.parse import quote
 
 import numpy as np
 import soundfile as sf
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from sda.export import EXTENSIONS, verify_output, write_bytes_atomic
 from sda.runner import OUTCOME_FILE
@@ -302,20 +299,13 @@ def _fill_from_record(row: ReportRow, record: dict[str, Any]) -> None:
     row.rating_reason = _as_str(_get(record, "quality", "rating_reason"))
 
 
-def _job_config(job_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+def _job_config(outcome: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     """The job's generation settings for failed items: from one of its sidecars, else from the
-    `.hydra/config.yaml` Hydra wrote into the job folder, else nothing."""
+    settings sda recorded in the job's outcome.json, else nothing."""
     for record in records:
         if isinstance(record.get("config"), dict):
             return record["config"]
-    path = job_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
-        log.warning("could not read %s: %s", path, error)
-        return {}
+    config = outcome.get("config")
     return config if isinstance(config, dict) else {}
 
 
@@ -392,7 +382,7 @@ def _job_rows(folder: Path, job_dir: Path, problems: list[str]) -> list[ReportRo
     for item in items if isinstance(items, list) else []:
         if isinstance(item, dict) and item.get("status") == "failed":
             if config is None:
-                config = _job_config(job_dir, records)
+                config = _job_config(outcome, records)
             rows.append(_failed_row(item, job, config))
     return rows
 

@@ -26,15 +26,10 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
 
 import torch
 from tqdm import tqdm
@@ -43,6 +38,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from sda.config import GenerationConfig
 from sda.errors import OutputError, SdaError
 from sda.export import Verification, remove_stale_temporaries, verify_output, write_bytes_atomic
+from sda.locking import folder_lock
 from sda.model import LoadedModel, load_model, resolve_checkpoint
 from sda.outputs import output_identity, save_result
 from sda.pipeline import GenerationPipeline, GenerationResult
@@ -50,7 +46,6 @@ from sda.pipeline import GenerationPipeline, GenerationResult
 log = logging.getLogger("sda.run")
 
 OUTCOME_FILE = "outcome.json"
-LOCK_FILE = ".sda.lock"
 SILENT_PEAK_DBFS = -60.0
 
 
@@ -74,6 +69,9 @@ class JobOutcome:
     error: str | None = None  # a job-level failure (disk full, model missing, ...)
     elapsed_s: float = 0.0
     overrides: list[str] = field(default_factory=list)
+    run_token: str | None = None  # which launch of sda.run made this outcome (see sda.summary)
+    job_num: int | None = None  # Hydra's job number in a sweep
+    config: dict[str, Any] | None = None  # the job's generation settings (what failed items were)
 
     def count(self, status: str) -> int:
         return sum(1 for item in self.items if item.status == status)
@@ -191,16 +189,25 @@ def run_job(
     overrides: Sequence[str] = (),
     extra_sidecar: dict[str, Any] | None = None,
     show_progress: bool | None = None,
+    run_token: str | None = None,
+    job_num: int | None = None,
 ) -> JobOutcome:
     """Generate `config.count` outputs into `output_dir`, skipping verified ones. Never raises
     for a failed item or job: the outcome says what happened (and is written to outcome.json)."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     base_dir = Path(base_dir or Path.cwd())
-    outcome = JobOutcome(output_dir=str(output_dir), overrides=list(overrides))
+    outcome = JobOutcome(
+        output_dir=str(output_dir),
+        overrides=list(overrides),
+        run_token=run_token,
+        job_num=job_num,
+        config=config.generation_fields(),
+    )
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(exclusive_folder(output_dir))
+            _check_writable(output_dir)
+            stack.enter_context(folder_lock(output_dir))
         except SdaError as error:  # not writable, or another process owns it: leave the folder alone
             outcome.error = str(error)
             log.error("%s", error)
@@ -216,38 +223,6 @@ def run_job(
         outcome.elapsed_s = time.perf_counter() - started
         write_outcome(outcome)
     return outcome
-
-
-@contextlib.contextmanager
-def exclusive_folder(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` (made if missing) for one job. Two processes resuming
-    the same folder at once (a scheduled retry while the night's run still goes on) would both
-    make the missing outputs; the second is refused instead. Raises a one-line OutputError."""
-    _check_writable(folder)
-    if fcntl is None:  # no advisory locks on this platform
-        yield
-        return
-    try:
-        handle = open(folder / LOCK_FILE, "a+")
-    except OSError as error:
-        raise OutputError(f"cannot write into {folder}: {error.strerror or error}") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise OutputError(
-                f"another sda process (pid {holder}) is writing into {folder}; let it finish or stop it first"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_outcome(outcome: JobOutcome) -> None:
@@ -272,7 +247,7 @@ def _run(
     for stale in remove_stale_temporaries(output_dir):
         log.info("removed stale temporary file %s", stale.name)
     check_output_folder(output_dir, estimate_output_bytes(config))
-    device = config.resolved_device()
+    device = config.resolved_device()  # a one-line ConfigError where the device does not exist
     model = get_model(config.model.checkpoint, device, base_dir)
     pipeline = GenerationPipeline(model, config, device)
     existing = verified_outputs(output_dir)

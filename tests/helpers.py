@@ -15,6 +15,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from sda.config import RunConfig, to_run_config
+from sda.preflight import compose_config
+
 REPO = Path(__file__).resolve().parent.parent
 SR = 48000
 
@@ -33,9 +36,6 @@ def sda_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def compose_run(*overrides: str):
     """A validated RunConfig composed from conf/ with Hydra's compose API."""
-    from sda.cli import compose_config
-    from sda.config import RunConfig, to_run_config
-
     return to_run_config(compose_config("config", list(overrides), RunConfig))
 
 

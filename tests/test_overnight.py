@@ -8,6 +8,7 @@ with `run_job`. Audio is compared by identity and sha256 from the sidecars (name
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,13 +25,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from sda.cli import plan
-from sda.config import RunConfig, StereoMode, to_run_config, with_seed
+from sda.config import RunConfig, to_run_config
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import OutputError
 from sda.export import file_sha256, verify_output
 from sda.model import MelVAE, ModelHyperparameters, save_checkpoint
-from sda.run import check_before_running, resume_command
+from sda.preflight import plan
+from sda.replay import recorded_command, resume_command, write_command
+from sda.run import preflight
 from sda.runner import check_output_folder, estimate_output_bytes, run_job
 from sda.seeds import sample_latents
 from tests.helpers import ONE_THREAD, REPO, compose_run, sda_run
@@ -97,32 +99,26 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(tmp_path):
     assert len(list(job.glob("gen_*"))) == 16  # eight audio files and eight sidecars, nothing else
     assert all(verify_output(s).ok for s in job.glob("gen_*.json"))
 
-    # resume=PATH replays the stored command into the same folder.
-    assert resume_command(job, ["device=cpu"]) == [f"hydra.run.dir={job}", "hydra.mode=RUN", *settings, "device=cpu"]
+    # resume=PATH replays the command sda recorded into the same folder; later overrides win.
+    replayed = resume_command(job, ["device=cpu"])
+    assert replayed[0] == f"hydra.run.dir={job.absolute()}"
+    assert compose_run(*replayed[1:]).generation_fields() == compose_run(*settings, "device=cpu").generation_fields()
 
 
-def test_resume_of_a_sweep_replays_its_config_name_dir_and_overrides(tmp_path):
-    sweep = tmp_path / "sweep"
+def test_resume_of_a_named_sweep_replays_its_values_without_its_config_name_or_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "night"
+    argv = ["--config-dir", str(JOBS), "--config-name", "overnight", f"hydra.sweep.dir={sweep}", "count=2"]
+    argv += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    found, _ = preflight(argv)
     sweep.mkdir()
-    (sweep / "multirun.yaml").write_text(
-        "hydra:\n"
-        "  overrides:\n    hydra: [hydra.mode=MULTIRUN, hydra/launcher=joblib, hydra.sweep.dir=elsewhere]\n"
-        "    task: [seed=0, count=1]\n"
-        "  job: {config_name: overnight}\n"
-        f"  runtime:\n    config_sources: [{{path: {JOBS}, schema: file, provider: command-line}}]\n"
-    )
-    assert resume_command(sweep, ["-m", "duration_s=0.5"]) == [
-        "-m",
-        "--config-name",
-        "overnight",
-        "--config-dir",
-        str(JOBS),
-        "hydra/launcher=joblib",
-        f"hydra.sweep.dir={sweep}",
-        "seed=0",
-        "count=1",
-        "duration_s=0.5",
-    ]
+    write_command(sweep, recorded_command(found))
+    replayed = resume_command(sweep, ["duration_s=0.5"])
+    assert replayed[:4] == ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    assert not any(token.startswith("--config") for token in replayed)
+    again = plan("config", replayed[4:], RunConfig, to_run_config, multirun=True)
+    originals = [dataclasses.replace(c, duration_s=0.5) for c in found.configs()]
+    assert list(again.configs()) == originals  # the named job's 96 kHz dual_seed values, every point
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,9 +222,9 @@ def test_disk_space_is_checked_for_the_whole_sweep_not_one_job(tmp_path, monkeyp
     per_output = estimate_output_bytes(compose_run(*heavy))
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     count = int(0.6 * free / per_output) + 1  # one job fits, two do not
-    check_before_running([f"count={count}", *heavy])
+    preflight([f"count={count}", *heavy])
     with pytest.raises(OutputError) as info:
-        check_before_running(["-m", f"seed=0,{count}", f"count={count}", *heavy])
+        preflight(["-m", f"seed=0,{count}", f"count={count}", *heavy])
     assert str(info.value).startswith("not enough disk space for outputs/multirun/")
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
@@ -248,16 +244,17 @@ def test_outputs_already_in_the_folder_count_against_the_estimate(tmp_path):
 
 def test_overnight_job_composes_into_2000_distinct_outputs_in_a_folder_per_night(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    found = plan("overnight", [], False, RunConfig, to_run_config, fast_keys={"seed": with_seed}, config_dir=JOBS)
+    found = plan("overnight", [], RunConfig, to_run_config, config_dir=JOBS)
     assert found.multirun  # hydra.mode: MULTIRUN in the job, no -m needed
     assert found.output_dir == Path("outputs/jobs/overnight") / datetime.now().strftime("%Y-%m-%d")
-    outputs = {(seed, c.chunking.mode.value) for c in found.configs for seed in c.seeds}
-    assert len(outputs) == sum(c.count for c in found.configs) == 2000
-    assert {c.chunking.mode.value for c in found.configs} == {"crossfade", "latent_interp"}
-    for config in found.configs:
-        assert config.stereo.mode == StereoMode.dual_seed
-        assert (config.export.sample_rate, config.export.bit_depth, config.export.format.value) == (96000, 24, "wav")
-    check_before_running(["--config-dir", str(JOBS), "--config-name", "overnight", "seed=0", "count=1"])
+    configs = list(found.configs())
+    outputs = {(seed, c.chunking.mode) for c in configs for seed in c.seeds}
+    assert len(outputs) == sum(c.count for c in configs) == 2000
+    assert {c.chunking.mode for c in configs} == {"crossfade", "latent_interp"}
+    for config in configs:
+        assert config.stereo.mode == "dual_seed"
+        assert (config.export.sample_rate, config.export.bit_depth, config.export.format) == (96000, 24, "wav")
+    preflight(["--config-dir", str(JOBS), "--config-name", "overnight", "seed=0", "count=1"])
 
 
 @pytest.mark.slow
@@ -282,7 +279,7 @@ def test_tiny_overnight_runs_from_its_script_then_resumes_from_its_folder(tmp_pa
     assert modes == {"crossfade", "latent_interp"}
     assert "sda: 2 done / 0 skipped / 0 failed in 2 jobs" in summary_line(proc.stdout + proc.stderr)
 
-    # resume= replays the stored command (--config-dir, --config-name, overrides) into the folder.
+    # resume= replays the command sda recorded in the folder (the named job's values included).
     again = sda_run(f"resume={night.relative_to(tmp_path)}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr + again.stdout
     assert "sda: 0 done / 2 skipped / 0 failed in 2 jobs" in summary_line(again.stdout + again.stderr)

@@ -27,8 +27,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from sda import GenerationConfig, GenerationResult, callbacks
-from sda.config import AudioFormat, ExportConfig
+from sda import GenerationConfig, GenerationResult, summary
+from sda.config import FlacExport
 from sda.dsp.quality import measure_quality
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.export import verify_output, write_bytes_atomic
@@ -44,7 +44,7 @@ from sda.report import (
 )
 from sda.runner import OUTCOME_FILE, ItemOutcome, JobOutcome
 from sda.seeds import right_seed
-from tests.helpers import run_sda
+from tests.helpers import compose_run, run_sda
 
 FAILED_SEED = 13
 FAILED_REASON = "silent audio (peak -inf dBFS)"
@@ -80,8 +80,9 @@ def _job_folder(sweep: Path, name: str, overrides: list[str]) -> Path:
     return job
 
 
-def _write_outcome(job: Path, items: list[ItemOutcome]) -> None:
-    outcome = JobOutcome(output_dir=str(job), items=items, overrides=[])
+def _write_outcome(job: Path, items: list[ItemOutcome], config=None, token: str | None = None) -> None:
+    settings = config.generation_fields() if config is not None else None
+    outcome = JobOutcome(output_dir=str(job), items=items, overrides=[], config=settings, run_token=token)
     write_bytes_atomic(job / OUTCOME_FILE, json.dumps(outcome.to_dict(), indent=2).encode())
 
 
@@ -103,9 +104,7 @@ def _done_item(saved) -> ItemOutcome:
 def _add_synthetic_job(sweep: Path) -> dict[str, Path]:
     """Job 2: a half-second 1 kHz sine then silence (yellow), a DC-offset noise (red), one failed item."""
     job = _job_folder(sweep, "2", ["export=flac"])
-    config = GenerationConfig(
-        duration_s=1.0, device="cpu", export=ExportConfig(format=AudioFormat.flac, sample_rate=44100, bit_depth=16)
-    )
+    config = GenerationConfig(duration_s=1.0, device="cpu", export=FlacExport(sample_rate=44100, bit_depth=16))
     sr = config.export.sample_rate
     t = np.arange(sr) / sr
     sine = np.where(t < 0.5, 0.5 * np.sin(2 * math.pi * SINE_HZ * t), 0.0)[None]
@@ -154,7 +153,7 @@ def sweep(tmp_path_factory) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     first_manifest = list(csv.DictReader((folder / "manifest.csv").open()))
     files = {**_add_synthetic_job(folder), **_add_broken_job(folder)}
-    callbacks._finish(folder, callbacks._job_dirs(folder))
+    summary.write_report(folder, summary.job_folders(folder, multirun=True))
     return {"folder": folder, "files": files, "first_manifest": first_manifest, "stderr": proc.stderr}
 
 
@@ -164,7 +163,7 @@ def _manifest(folder: Path) -> list[dict[str, str]]:
 
 
 def _job_dirs(folder: Path) -> list[Path]:
-    return callbacks._job_dirs(folder)
+    return summary.job_folders(folder, multirun=True)
 
 
 def _number(text: str) -> float | None:
@@ -463,11 +462,8 @@ def test_jobs_that_died_failed_whole_or_lost_a_sidecar_are_reported(tmp_path):
     folder = tmp_path / "sweep"
     # every item of this job failed: its settings come from Hydra's config.yaml in the folder
     all_failed = _job_folder(folder, "0", ["stereo=dual_seed"])
-    (all_failed / ".hydra" / "config.yaml").write_text(
-        "duration_s: 2.0\nchunking:\n  mode: latent_interp\nstereo:\n  mode: dual_seed\n"
-        "export:\n  format: ogg\n  sample_rate: 48000\n  bit_depth: 16\n"
-    )
-    _write_outcome(all_failed, [ItemOutcome(5, "ab" * 8, "failed", "RuntimeError: boom")])
+    settings = compose_run("duration_s=2", "chunking=latent_interp", "stereo=dual_seed", "export=ogg")
+    _write_outcome(all_failed, [ItemOutcome(5, "ab" * 8, "failed", "RuntimeError: boom")], settings)
     # this job's process died: no outcome.json, and an audio file whose sidecar is gone
     died = _job_folder(folder, "1", [])
     sf.write(died / "gen_20260101T000000Z_seed3.wav", np.zeros((100, 1)), 48000)
@@ -512,14 +508,15 @@ def test_a_report_that_cannot_be_written_is_logged_and_the_sweep_goes_on(tmp_pat
     def refuse(folder, job_dirs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(callbacks, "write_report", refuse)
+    monkeypatch.setattr(summary, "write_report", refuse)
     job = tmp_path / "0"
-    job.mkdir()
-    _write_outcome(job, [])
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("{}")
+    _write_outcome(job, [], token="run")
     with caplog.at_level(logging.ERROR, logger="sda.run"):
-        callbacks._finish(tmp_path, [job])
+        status = summary.finish_run(tmp_path, True, "run", 1)
     assert (tmp_path / "summary.json").is_file()
-    assert callbacks.RunStatus.exit_code == 0
+    assert status == 0
     assert any(
         "could not write the report" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records
     )

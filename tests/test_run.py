@@ -18,11 +18,11 @@ import pytest
 import soundfile as sf
 import yaml
 
-from sda.config import StereoMode
 from sda.errors import ConfigError
 from sda.export import file_sha256
 from sda.model import PACKAGED_MODELS_DIR
-from sda.run import check_before_running, override_text, reproduce_overrides
+from sda.replay import override_text, reproduce_overrides
+from sda.run import preflight
 from sda.runner import _load_cached, run_job
 from tests.helpers import REPO, compose_run, sda_run
 
@@ -51,7 +51,8 @@ def summary_line(output: str) -> str:
 @pytest.mark.parametrize(
     "override, start, allowed",
     [
-        ("+export.foo=1", "export.foo=", "unknown key; keys in export: bit_depth, format, ogg_quality, sample_rate"),
+        ("+export.foo=1", "export.foo=", "unknown key; keys of export=wav: bit_depth, sample_rate"),
+        ("stereo.width=0.5", "stereo.width=", "not a key of this option; keys of stereo=mono: none"),
         ("chunking=nope", "chunking='nope'", "choose one of crossfade, latent_interp"),
     ],
 )
@@ -68,7 +69,7 @@ def test_bad_value_exits_2_with_one_line_before_any_folder_is_made(tmp_path, ove
 def test_missing_checkpoint_is_a_config_error_found_without_loading_anything(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as info:
-        check_before_running(["-m", "model.checkpoint=default,no_such_model.pt", "duration_s=0.5"])
+        preflight(["-m", "model.checkpoint=default,no_such_model.pt", "duration_s=0.5"])
     assert str(info.value).startswith("model.checkpoint='no_such_model.pt' is not allowed")
     assert str(tmp_path / "no_such_model.pt") in str(info.value)
     assert list(tmp_path.iterdir()) == []
@@ -168,7 +169,7 @@ def test_model_is_loaded_once_for_all_jobs_of_a_process_and_outputs_go_where_tol
 
 def test_override_text_round_trips_through_hydra():
     assert override_text("duration_s", 0.5) == "duration_s=0.5"
-    assert override_text("chunking.mode", "latent_interp") == "chunking.mode=latent_interp"
+    assert override_text("chunking", "latent_interp") == "chunking=latent_interp"
     assert override_text("model.checkpoint", "/a b/it's.pt") == "model.checkpoint='/a b/it\\'s.pt'"
     assert override_text("model.checkpoint", "1.5") == "model.checkpoint='1.5'"
     config = compose_run(override_text("model.checkpoint", "/a b/it's.pt"), override_text("model.checkpoint", "1.5"))
@@ -189,5 +190,5 @@ def test_reproduce_overrides_carry_the_sidecar_and_let_the_command_line_win():
         *reproduce_overrides(record, ["duration_s=2", "export.sample_rate=96000", "stereo=dual_seed"])
     )
     assert (changed.duration_s, changed.export.sample_rate, changed.seed) == (2.0, 96000, 42)
-    assert changed.stereo.mode == StereoMode.dual_seed and changed.stereo.width == 1.0  # the whole group replaced
+    assert changed.stereo.mode == "dual_seed"  # the whole group replaced: mid_side's width is gone
     assert changed.chunking == original.chunking

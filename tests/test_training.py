@@ -13,13 +13,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from sda.cli import compose_config
 from sda.config import TrainConfig, to_train_config
 from sda.data.folder import load_audio_folder
 from sda.data.windows import Augmentation, WindowSampler
 from sda.dsp.spectrogram import log_mel
 from sda.evaluation import untrained_like
 from sda.model import load_model
+from sda.preflight import compose_config
 from sda.training import train_model
 from tests.helpers import TINY_MODEL, make_tiny_dataset, run_sda, tone_file
 

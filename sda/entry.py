@@ -1,0 +1,79 @@
+"""What the `python -m` entry points share: reading the command line as Hydra does, failing in
+one line, and the main of a command that runs one job (sda.train, sda.evaluate)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# Hydra has no public way to parse its command line: `@hydra.main` builds this parser internally.
+# Pre-flight must read the arguments exactly as Hydra will, so it uses the same parser.
+from hydra._internal.utils import get_args_parser
+
+from sda.errors import SdaError
+from sda.export import write_json_atomic
+from sda.preflight import plan
+
+# Flags after which Hydra only prints something: nothing to validate or run.
+_INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve")
+
+
+def parse_command_line(argv: Sequence[str]) -> Any:
+    """Hydra's own argument parser, so pre-flight reads the command line exactly as Hydra will."""
+    return get_args_parser().parse_args(list(argv))
+
+
+def config_name_of(args: Any, default: str) -> str:
+    """The primary config's name: `--config-name` (`-cn`) or the entry point's default."""
+    name = getattr(args, "config_name", None) or default
+    return name[: -len(".yaml")] if name.endswith(".yaml") else name
+
+
+def is_info_request(args: Any) -> bool:
+    return any(getattr(args, flag, None) for flag in _INFO_FLAGS)
+
+
+def fail(error: SdaError) -> typing.NoReturn:
+    """Print one line and exit with the error's status."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(error.exit_code)
+
+
+# A single-job command's job records how it ended here, in its run folder; `single_run_main`
+# reads it back after Hydra returns (Hydra does not hand a job's result to its caller).
+JOB_STATUS_FILE = "status.json"
+
+
+def record_job_status(folder: Path, error: SdaError | None) -> None:
+    """Written by the job of sda.train / sda.evaluate at its end."""
+    status = {"ok": error is None, "error": str(error) if error else None, "exit_code": error.exit_code if error else 0}
+    write_json_atomic(folder / JOB_STATUS_FILE, status, replace=True)
+
+
+def single_run_main(
+    command: str, config_name: str, schema: type, convert: Callable[[Any], Any], hydra_main: Callable[[], None]
+) -> None:
+    """The `main` of an entry point that runs one job (sda.train, sda.evaluate): pre-flight the
+    command line, run Hydra, exit with the status the job recorded in its run folder."""
+    args = parse_command_line(sys.argv[1:])
+    if is_info_request(args):
+        hydra_main()
+        return
+    try:
+        if args.multirun:
+            raise SdaError(f"{command} runs one job at a time; drop -m/--multirun")
+        found = plan(config_name, args.overrides, schema, convert, config_dir=args.config_dir)
+    except SdaError as error:
+        fail(error)
+    sys.argv = [sys.argv[0], *sys.argv[1:], *found.pinned_output_dir()]
+    hydra_main()
+    try:
+        status = json.loads((found.output_dir / JOB_STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        print(f"error: {command} ended without recording how (see the log in {found.output_dir})", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(int(status.get("exit_code", 1)))
