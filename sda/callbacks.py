@@ -17,8 +17,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sda.errors import SdaError
+from sda.files import write_atomic
+from sda.outputs import OUTCOME_FILE, SUMMARY_FILE
 from sda.report import write_report
-from sda.runner import OUTCOME_FILE
 
 log = logging.getLogger("sda.run")
 
@@ -64,9 +65,9 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
 def _finish(folder: Path, job_dirs: list[Path]) -> None:
     summary = summarise(folder, job_dirs)
     try:
-        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-    except OSError as error:
-        log.error("could not write %s: %s", folder / "summary.json", error)
+        write_atomic(folder / SUMMARY_FILE, json.dumps(summary, indent=2).encode(), replace=True)
+    except SdaError as error:
+        log.error("could not write %s: %s", folder / SUMMARY_FILE, error)
     try:
         write_report(folder, job_dirs)
     except (OSError, SdaError) as error:  # a report that cannot be written must not fail the sweep

@@ -40,15 +40,13 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sda.export import EXTENSIONS, verify_output, write_bytes_atomic
-from sda.runner import OUTCOME_FILE
+from sda.encode import EXTENSIONS
+from sda.files import write_atomic
+from sda.outputs import INDEX_FILE, MANIFEST_FILE, OUTCOME_FILE, SPECTROGRAM_DIR, verify_output
 from sda.seeds import right_seed
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.csv"
-INDEX_FILE = "index.html"
-SPECTROGRAM_DIR = "spectrograms"
 SPECTROGRAM_WIDTH = 400
 SPECTROGRAM_HEIGHT = 120
 SPECTROGRAM_MAX_S = 30.0
@@ -258,7 +256,7 @@ def write_spectrogram(audio_path: Path, png_path: Path) -> None:
     frames = min(info.frames, round(SPECTROGRAM_MAX_S * info.samplerate))
     audio, sample_rate = sf.read(str(audio_path), frames=frames, dtype="float32", always_2d=True)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(png_path, png_bytes(spectrogram_image(audio[:, 0], sample_rate)), replace=True)
+    write_atomic(png_path, png_bytes(spectrogram_image(audio[:, 0], sample_rate)), replace=True)
 
 
 def spectrogram_path(job_dir: Path, stem: str, identity: str) -> Path:
@@ -624,7 +622,7 @@ def write_report(folder: Path, job_dirs: list[Path]) -> tuple[Path, Path]:
     folder = Path(folder)
     rows, problems = collect_rows(folder, [Path(d) for d in job_dirs])
     manifest_path, index_path = folder / MANIFEST_FILE, folder / INDEX_FILE
-    write_bytes_atomic(manifest_path, manifest_csv(rows).encode(), replace=True)
-    write_bytes_atomic(index_path, index_html(folder, rows, problems).encode(), replace=True)
+    write_atomic(manifest_path, manifest_csv(rows).encode(), replace=True)
+    write_atomic(index_path, index_html(folder, rows, problems).encode(), replace=True)
     log.info("report: %s (%d rows) and %s", index_path, len(rows), manifest_path.name)
     return manifest_path, index_path

@@ -42,8 +42,8 @@ from sda.callbacks import RunStatus
 from sda.cli import config_name_of, fail, is_info_request, parse_command_line, plan
 from sda.config import RunConfig, register_configs, to_run_config, with_seed
 from sda.errors import ConfigError, SdaError
-from sda.export import read_sidecar
 from sda.model import resolve_checkpoint
+from sda.outputs import read_sidecar
 from sda.runner import JobOutcome, check_output_folder, estimate_output_bytes, run_job, write_outcome
 
 log = logging.getLogger("sda.run")

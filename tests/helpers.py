@@ -17,6 +17,16 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SR = 48000
+CEILING = 10 ** (-1 / 20)  # sda's -1 dBFS output ceiling as an amplitude
+# Every (format, bit depth) sda writes: (format, bit depth, libsndfile container, subtype).
+FORMATS = [
+    ("wav", 16, "WAV", "PCM_16"),
+    ("wav", 24, "WAV", "PCM_24"),
+    ("wav", 32, "WAV", "FLOAT"),
+    ("flac", 16, "FLAC", "PCM_16"),
+    ("flac", 24, "FLAC", "PCM_24"),
+    ("ogg", 16, "OGG", "VORBIS"),
+]
 
 
 # One torch thread in the tests that render audio, and in the commands they run: on a shared

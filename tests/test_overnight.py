@@ -28,8 +28,9 @@ from sda.cli import plan
 from sda.config import RunConfig, StereoMode, to_run_config, with_seed
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import OutputError
-from sda.export import file_sha256, verify_output
+from sda.files import file_sha256
 from sda.model import MelVAE, ModelHyperparameters, save_checkpoint
+from sda.outputs import verify_output
 from sda.run import check_before_running, resume_command
 from sda.runner import check_output_folder, estimate_output_bytes, run_job
 from sda.seeds import sample_latents

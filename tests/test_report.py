@@ -31,9 +31,9 @@ from sda import GenerationConfig, GenerationResult, callbacks
 from sda.config import AudioFormat, ExportConfig
 from sda.dsp.quality import measure_quality
 from sda.dsp.spectrogram import SpectrogramSettings
-from sda.export import verify_output, write_bytes_atomic
+from sda.files import write_atomic
 from sda.model import MelVAE, ModelHyperparameters, save_checkpoint
-from sda.outputs import output_identity, save_result
+from sda.outputs import OUTCOME_FILE, output_identity, save_result, verify_output
 from sda.report import (
     MANIFEST_COLUMNS,
     SPECTROGRAM_HEIGHT,
@@ -42,7 +42,7 @@ from sda.report import (
     spectrogram_row_frequencies,
     write_report,
 )
-from sda.runner import OUTCOME_FILE, ItemOutcome, JobOutcome
+from sda.runner import ItemOutcome, JobOutcome
 from sda.seeds import right_seed
 from tests.helpers import run_sda
 
@@ -82,7 +82,7 @@ def _job_folder(sweep: Path, name: str, overrides: list[str]) -> Path:
 
 def _write_outcome(job: Path, items: list[ItemOutcome]) -> None:
     outcome = JobOutcome(output_dir=str(job), items=items, overrides=[])
-    write_bytes_atomic(job / OUTCOME_FILE, json.dumps(outcome.to_dict(), indent=2).encode())
+    write_atomic(job / OUTCOME_FILE, json.dumps(outcome.to_dict(), indent=2).encode())
 
 
 def _done_item(saved) -> ItemOutcome:

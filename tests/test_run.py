@@ -20,7 +20,7 @@ import yaml
 
 from sda.config import StereoMode
 from sda.errors import ConfigError
-from sda.export import file_sha256
+from sda.files import file_sha256
 from sda.model import PACKAGED_MODELS_DIR
 from sda.run import check_before_running, override_text, reproduce_overrides
 from sda.runner import _load_cached, run_job
