@@ -5,6 +5,9 @@ One row per output found in a job folder (every sidecar, checked with `verify_ou
 Status: `done` (the audio matches its sidecar), `broken` (it does not, or there is no sidecar;
 the reason says why) or `failed` (never written; the job's reason). Job-level errors (a job that
 died or could not start) are returned as problems.
+
+In manifest.csv a text cell that a spreadsheet would take for a formula (starting with `=`, `+`,
+`-`, `@`, a tab or a carriage return) gets a leading apostrophe; numbers are written as numbers.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ MANIFEST_COLUMNS = (
 # Sort order of the page's rating column: best first, then what has no audio worth hearing.
 RATING_RANK = {"green": 0, "yellow": 1, "red": 2}
 STATUS_RANK = {"done": 0, "broken": 1, "failed": 2}
+# What a spreadsheet reads as the start of a formula (OWASP's list for CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _AUDIO_NAME = re.compile(
     "^" + re.escape(OUTPUT_PREFIX) + ".*(" + "|".join(re.escape(e) for e in EXTENSIONS.values()) + r")$"
 )
@@ -93,7 +98,7 @@ class ReportRow:
     audio_sha256: str = ""
 
     def csv_values(self) -> list[str]:
-        return [value_text(getattr(self, column)) for column in MANIFEST_COLUMNS]
+        return [manifest_cell(getattr(self, column)) for column in MANIFEST_COLUMNS]
 
     @property
     def rating_rank(self) -> int:
@@ -111,13 +116,28 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+def manifest_cell(value: Any) -> str:
+    """`value_text`, and a text value a spreadsheet would run as a formula made inert."""
+    text = value_text(value)
+    if isinstance(value, str) and text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
 def manifest_csv(rows: list[ReportRow]) -> str:
+    """The manifest's text: a header and one line per row, each ended by "\n"."""
+    # The writer quotes a field that holds a character of its line terminator, and only then:
+    # with "\n" alone, a carriage return inside a field would be written bare and end the row
+    # for every reader. So rows are written with "\r\n" and the "\r" of each ending dropped.
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    for row in rows:
-        writer.writerow(row.csv_values())
-    return buffer.getvalue()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    lines = []
+    for values in [MANIFEST_COLUMNS, *(row.csv_values() for row in rows)]:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(values)
+        lines.append(buffer.getvalue().removesuffix("\r\n") + "\n")
+    return "".join(lines)
 
 
 def relative_to(path: Path, folder: Path) -> str:

@@ -1,8 +1,11 @@
 """manifest.csv: one row per output, failed item and orphaned file of the sweep, read back with
-the csv module and checked against sidecars and the audio itself."""
+the csv module and checked against sidecars and the audio itself; formula-like text made inert."""
 
 from __future__ import annotations
 
+import csv
+import html
+import io
 import json
 import math
 
@@ -13,7 +16,7 @@ import soundfile as sf
 from sda import callbacks
 from sda.outputs import OUTCOME_FILE, verify_output
 from sda.report import write_report
-from sda.report.rows import MANIFEST_COLUMNS
+from sda.report.rows import MANIFEST_COLUMNS, ReportRow, manifest_csv
 from sda.runner import ItemOutcome
 from sda.seeds import right_seed
 from tests.helpers import job_folder, read_manifest, write_job_outcome
@@ -150,3 +153,37 @@ def test_jobs_that_died_failed_whole_or_lost_a_sidecar_are_reported(tmp_path):
     text = index.read_text()
     assert "job 1: no outcome.json" in text
     assert 'src="1/gen_20260101T000000Z_seed3.wav"' in text
+
+
+# ------------------------------------------------------------------------------------------------
+# Text a spreadsheet would run as a formula
+
+
+FORMULA_TEXTS = ['=HYPERLINK("http://x")', "+1+2", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"]
+
+
+def test_formula_like_text_gets_an_apostrophe_and_numbers_stay_numbers():
+    rows = [
+        ReportRow(job="0", status="failed", reason=text, seed=index, peak_dbfs=-1.0, rms_dbfs=-23.25)
+        for index, text in enumerate(FORMULA_TEXTS)
+    ]
+    rows.append(ReportRow(job="-1", status="done", file="gen_x_seed9.wav", rating="green", loudness_lufs=-14.0))
+    read = list(csv.DictReader(io.StringIO(manifest_csv(rows), newline="")))
+    assert [row["reason"] for row in read[: len(FORMULA_TEXTS)]] == ["'" + text for text in FORMULA_TEXTS]
+    for row in read[: len(FORMULA_TEXTS)]:
+        assert (float(row["peak_dbfs"]), float(row["rms_dbfs"])) == (-1.0, -23.25)
+        assert row["peak_dbfs"] == "-1", "a number is written as a number, never quoted"
+    last = read[-1]
+    assert (last["job"], last["file"], last["rating"]) == ("'-1", "gen_x_seed9.wav", "green")
+    assert last["reason"] == "" and float(last["loudness_lufs"]) == -14.0
+
+
+def test_a_failure_reason_that_looks_like_a_formula_is_inert_in_the_manifest_only(tmp_path):
+    job = job_folder(tmp_path, "0", [])
+    reason = "=cmd|' /C calc'!A0"
+    write_job_outcome(job, [ItemOutcome(5, "ab" * 8, "failed", reason)])
+    write_report(tmp_path, [job])
+    (row,) = read_manifest(tmp_path)
+    assert (row["status"], row["reason"], row["seed"]) == ("failed", "'" + reason, "5")
+    page = (tmp_path / "index.html").read_text()
+    assert html.escape(reason) in page and html.escape("'" + reason) not in page, "the page shows it as it is"
