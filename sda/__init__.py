@@ -1,13 +1,14 @@
 """sda: train a small generative model on your recordings and render batches of new textures.
 
-from sda import GenerationPipeline, GenerationConfig, load_model
+from sda import GenerationConfig, GenerationPipeline, load_model, save_result
 pipeline = GenerationPipeline(load_model("default"), GenerationConfig(duration_s=5.0))
 result = pipeline.generate([7])[0]
-result.save("renders")
+save_result(result, "renders")
 """
 
 from sda.config import GenerationConfig
 from sda.model import load_model
+from sda.outputs import save_result
 from sda.pipeline import GenerationPipeline, GenerationResult
 
-__all__ = ["GenerationConfig", "GenerationPipeline", "GenerationResult", "load_model"]
+__all__ = ["GenerationConfig", "GenerationPipeline", "GenerationResult", "load_model", "save_result"]

@@ -15,7 +15,7 @@ from typing import Any
 from hydra._internal.utils import get_args_parser
 
 from sda.errors import SdaError
-from sda.export import write_json_atomic
+from sda.files import write_json_atomic
 from sda.preflight import plan
 
 # Flags after which Hydra only prints something: nothing to validate or run.

@@ -22,8 +22,7 @@ except ImportError:  # Windows: no advisory locks
     fcntl = None  # type: ignore[assignment]
 
 from sda.errors import OutputError
-
-LOCK_FILE = ".sda.lock"
+from sda.outputs import LOCK_FILE
 
 # Folders this process holds locks on: a job run in the launching process (Hydra's basic
 # launcher) is inside its launcher's lock, and flock refuses a second lock from the same process.

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ from torch import nn
 
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import CheckpointError
-from sda.export import file_sha256
+from sda.files import file_sha256, write_atomic
 
 CHECKPOINT_FORMAT = "sda-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -192,26 +192,17 @@ def checkpoint_record(
     }
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file beside `path`, fsync, then move into place.
-
-    A crash at any moment leaves either the previous file or the new one, never half of one."""
+def save_torch_file(obj: Any, path: Path, *, replace: bool = False) -> Path:
+    """`torch.save(obj)` into `path` through sda's atomic writer (sda.files.write_atomic), its
+    folder made if missing. A crash at any moment leaves the previous file or the new one, never
+    half of one. Raises OutputError (one line) if `path` exists and `replace` is False."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return write_atomic(path, functools.partial(torch.save, obj), replace=replace)
 
 
-def save_checkpoint(vae: MelVAE, training: dict[str, Any], path: Path) -> Path:
-    save_atomic(checkpoint_record(vae, training), Path(path))
-    return Path(path)
+def save_checkpoint(vae: MelVAE, training: dict[str, Any], path: Path, *, replace: bool = False) -> Path:
+    return save_torch_file(checkpoint_record(vae, training), path, replace=replace)
 
 
 def resolve_checkpoint(name_or_path: str, base_dir: Path | None = None) -> Path:

@@ -1,13 +1,23 @@
-"""Turning a GenerationResult into files: identity, sidecar record, audio, in that order.
+"""What an output is on disk: its names, its sidecar, its identity, and how to tell it is complete.
+
+An output is an audio file `gen_{UTC timestamp}_seed{seed}.{wav,flac,ogg}` and its sidecar JSON of
+the same stem. Order on disk for every output (`save_result`):
+    1. encode the audio in memory (sda.encode): bytes, frame count, sha256;
+    2. write the sidecar, which records that frame count and checksum (`write_sidecar`);
+    3. write the audio bytes.
+Both writes are atomic (sda.files) and never overwrite. A kill between 2 and 3 leaves a sidecar
+without its audio; a kill during a write leaves only a temporary file, removed at the next start
+(`remove_stale_temporaries`). An output is done only when `verify_output` finds its audio
+matching the sidecar's frame count and checksum: a WAV truncated by a killed process still opens
+and reads without error, so a file's existence proves nothing.
 
 An output's identity is a hash of everything that decides its audio: the checkpoint's sha256,
 the seed, and the resolved generation parameters (duration, chunking, stereo, export, phase). It
 leaves out what only decides how the audio is computed (device, batch size) or which job made
 it (count, the job's first seed). Resume compares identities, never names or times.
 
-Order on disk (see sda.export): encode in memory -> write the sidecar (it records the audio's
-frame count and sha256) -> write the audio. Both writes are atomic; an output counts as done
-only when `verify_output` finds the audio matching its sidecar.
+The names of everything else sda writes into an output folder are here too, so that the runner,
+the sweep callback and the report agree on them without importing each other.
 """
 
 from __future__ import annotations
@@ -20,15 +30,89 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+
 from sda.config import GenerationConfig
-from sda.export import encode_audio, reserve_output_paths, write_bytes_atomic, write_sidecar
+from sda.encode import EXTENSIONS, EncodedAudio, encode_audio
+from sda.files import TEMP_GLOB, file_sha256, write_atomic, write_json_atomic
 from sda.pipeline import GenerationResult
 from sda.versions import sda_version, versions
+
+# Files sda writes into a job folder (a run folder, or one job of a sweep) ...
+OUTPUT_PREFIX = "gen_"  # every output's audio and sidecar
+SIDECAR_GLOB = f"{OUTPUT_PREFIX}*.json"
+OUTCOME_FILE = "outcome.json"  # the job's outcome: every item's status and reason
+LOCK_FILE = ".sda.lock"  # held while a job writes into the folder
+SPECTROGRAM_DIR = "spectrograms"  # the report's pictures, one per done output
+# ... into the run or sweep folder ...
+SUMMARY_FILE = "summary.json"
+MANIFEST_FILE = "manifest.csv"
+INDEX_FILE = "index.html"
+# ... and, in either, the atomic writer's temporary files while it writes: TEMP_GLOB, imported
+# from sda.files, which makes those names.
 
 # 2: identities and sidecar configs hold only the chosen option's keys of each group.
 SIDECAR_FORMAT_VERSION = 2
 # Parameters that change an output's audio (besides the seed and the checkpoint).
 IDENTITY_FIELDS = ("duration_s", "chunking", "stereo", "export", "phase")
+
+
+# ------------------------------------------------------------------------------------------------
+# Names
+
+
+def output_stem(timestamp_utc: datetime, seed: int) -> str:
+    """`gen_{UTC timestamp}_seed{seed}`, e.g. gen_20261124T031522Z_seed7."""
+    if timestamp_utc.tzinfo is None:
+        raise ValueError("timestamp must be timezone-aware (UTC)")
+    return f"{OUTPUT_PREFIX}{timestamp_utc.astimezone(UTC):%Y%m%dT%H%M%SZ}_seed{seed}"
+
+
+def reserve_output_paths(folder: Path, timestamp_utc: datetime, seed: int, format: str) -> tuple[Path, Path]:
+    """(audio path, sidecar path) whose names are both free; `_2`, `_3` ... when taken."""
+    folder = Path(folder)
+    stem = output_stem(timestamp_utc, seed)
+    candidate, n = stem, 1
+    while (folder / f"{candidate}{EXTENSIONS[format]}").exists() or (folder / f"{candidate}.json").exists():
+        n += 1
+        candidate = f"{stem}_{n}"
+    return folder / f"{candidate}{EXTENSIONS[format]}", folder / f"{candidate}.json"
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files left by killed processes; returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.glob(TEMP_GLOB)):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------
+# Sidecars
+
+
+def write_sidecar(path: Path, record: dict[str, Any]) -> None:
+    """JSON, atomically. NaN or infinity in the record raise ValueError: the file stays valid JSON."""
+    write_json_atomic(path, record)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return record
+
+
+# ------------------------------------------------------------------------------------------------
+# Identity and the sidecar record
 
 
 def identity_parameters(config: GenerationConfig, seed: int, model_sha256: str) -> dict[str, Any]:
@@ -68,7 +152,7 @@ def sidecar_record(
     result: GenerationResult,
     identity: str,
     audio_name: str,
-    encoded: Any,
+    encoded: EncodedAudio,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     cfg = result.config
@@ -107,8 +191,15 @@ def sidecar_record(
     }
 
 
-def save_result(result: GenerationResult, folder: Path, extra: dict[str, Any] | None = None) -> SavedOutput:
-    """Encode, then write the sidecar and the audio (atomically, never overwriting) into `folder`."""
+# ------------------------------------------------------------------------------------------------
+# Saving and verifying
+
+
+def save_result(result: GenerationResult, folder: str | Path, extra: dict[str, Any] | None = None) -> SavedOutput:
+    """Write `result` into `folder` (made if missing) as an audio file and its sidecar, sidecar
+    first, each atomically and never overwriting: a taken name gets `_2`, `_3` ... Raises a
+    one-line OutputError when the folder cannot be written."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = result.config
     identity = output_identity(cfg, result.seed, result.model_sha256)
@@ -124,5 +215,49 @@ def save_result(result: GenerationResult, folder: Path, extra: dict[str, Any] | 
     audio_path, sidecar_path = reserve_output_paths(folder, datetime.now(UTC), result.seed, cfg.export.format)
     record = sidecar_record(result, identity, audio_path.name, encoded, extra)
     write_sidecar(sidecar_path, record)
-    write_bytes_atomic(audio_path, encoded.data)
+    write_atomic(audio_path, encoded.data)
     return SavedOutput(audio_path=audio_path, sidecar_path=sidecar_path, identity=identity, record=record)
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    reason: str
+    sidecar_path: Path
+    audio_path: Path | None
+    record: dict[str, Any] | None
+
+
+def verify_output(sidecar_path: Path) -> Verification:
+    """Is this output complete? Its sidecar parses, its audio exists, and the audio's frame
+    count, rate, channels and sha256 match the sidecar. Never raises for a bad output."""
+    sidecar_path = Path(sidecar_path)
+
+    def fail(reason: str, audio: Path | None = None, record: dict | None = None) -> Verification:
+        return Verification(False, reason, sidecar_path, audio, record)
+
+    try:
+        record = read_sidecar(sidecar_path)
+        info = record["file"]
+        name, frames, sha = info["name"], int(info["frames"]), info["sha256"]
+        rate, channels = int(info["sample_rate"]), int(info["channels"])
+    except FileNotFoundError:
+        return fail("sidecar missing")
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        return fail(f"sidecar unparsable: {error}")
+    audio = sidecar_path.parent / name
+    if Path(name).name != name:
+        return fail(f"sidecar names a file outside its folder: {name!r}", None, record)
+    if not audio.is_file():
+        return fail("audio file missing", audio, record)
+    try:
+        found = sf.info(str(audio))
+    except (RuntimeError, sf.LibsndfileError) as error:
+        return fail(f"audio unreadable: {error}", audio, record)
+    if found.frames != frames:
+        return fail(f"frame count {found.frames} != {frames}", audio, record)
+    if found.samplerate != rate or found.channels != channels:
+        return fail(f"{found.samplerate} Hz x {found.channels} channels != {rate} Hz x {channels}", audio, record)
+    if file_sha256(audio) != sha:
+        return fail("checksum mismatch", audio, record)
+    return Verification(True, "verified", sidecar_path, audio, record)

@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,12 +101,6 @@ class GenerationResult:
     @property
     def elapsed_s(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
-
-    def save(self, folder: str | Path):
-        """Write the audio file and its sidecar into `folder` (see sda.outputs.save_result)."""
-        from sda.outputs import save_result  # sda.outputs imports this module
-
-        return save_result(self, Path(folder))
 
 
 class StageClock:

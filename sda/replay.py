@@ -32,7 +32,8 @@ from omegaconf import OmegaConf
 from sda.config import OPTIONS, GenerationConfig, ModelConfig, PhaseConfig
 from sda.entry import parse_command_line
 from sda.errors import ConfigError
-from sda.export import read_sidecar, write_json_atomic
+from sda.files import write_json_atomic
+from sda.outputs import read_sidecar
 from sda.preflight import Plan
 
 log = logging.getLogger("sda.run")

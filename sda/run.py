@@ -33,9 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 from sda.config import RunConfig, register_configs, to_run_config
 from sda.entry import config_name_of, fail, is_info_request, parse_command_line
 from sda.errors import ConfigError, SdaError
-from sda.export import read_sidecar
 from sda.locking import check_unlocked, folder_lock
 from sda.model import resolve_checkpoint
+from sda.outputs import read_sidecar
 from sda.preflight import Plan, plan
 from sda.replay import compare_with_original, expand_command_line, recorded_command, write_command
 from sda.runner import JobOutcome, check_output_folder, estimate_output_bytes, run_job, write_outcome

@@ -37,15 +37,22 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sda.config import GenerationConfig
 from sda.errors import OutputError, SdaError
-from sda.export import Verification, remove_stale_temporaries, verify_output, write_bytes_atomic
+from sda.files import write_atomic
 from sda.locking import folder_lock
 from sda.model import LoadedModel, load_model, resolve_checkpoint
-from sda.outputs import output_identity, save_result
+from sda.outputs import (
+    OUTCOME_FILE,
+    SIDECAR_GLOB,
+    Verification,
+    output_identity,
+    remove_stale_temporaries,
+    save_result,
+    verify_output,
+)
 from sda.pipeline import GenerationPipeline, GenerationResult
 
 log = logging.getLogger("sda.run")
 
-OUTCOME_FILE = "outcome.json"
 SILENT_PEAK_DBFS = -60.0
 
 
@@ -109,7 +116,7 @@ def verified_outputs(folder: Path) -> dict[str, Verification]:
     A sidecar whose audio file is missing is deleted (an interrupted write, see the module
     docstring); other outputs that fail verification are logged and left where they are."""
     found: dict[str, Verification] = {}
-    for sidecar in sorted(folder.glob("gen_*.json")):
+    for sidecar in sorted(folder.glob(SIDECAR_GLOB)):
         check = verify_output(sidecar)
         if check.ok and check.record is not None and "identity" in check.record:
             found[check.record["identity"]] = check
@@ -230,7 +237,7 @@ def write_outcome(outcome: JobOutcome) -> None:
     output_dir = Path(outcome.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(output_dir / OUTCOME_FILE, json.dumps(outcome.to_dict(), indent=2).encode(), replace=True)
+        write_atomic(output_dir / OUTCOME_FILE, json.dumps(outcome.to_dict(), indent=2).encode(), replace=True)
     except (OSError, SdaError) as error:
         log.error("could not record the job outcome in %s: %s", output_dir, error)
     log.info("%s: %s", output_dir, outcome.summary())

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from sda.errors import SdaError
-from sda.export import write_json_atomic
+from sda.files import write_json_atomic
+from sda.outputs import OUTCOME_FILE, SUMMARY_FILE
 from sda.report import write_report
-from sda.runner import OUTCOME_FILE
 
 log = logging.getLogger("sda.run")
 
-SUMMARY_FILE = "summary.json"
 COUNTED = ("done", "skipped", "failed")
 
 

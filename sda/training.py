@@ -34,7 +34,7 @@ from sda.data.folder import LoadedDataset, load_audio_folder
 from sda.data.windows import Augmentation, WindowSampler, split_by_file
 from sda.dsp.spectrogram import SpectrogramSettings, log_mel
 from sda.errors import DatasetError, SdaError
-from sda.model import MelVAE, ModelHyperparameters, checkpoint_record, read_checkpoint, save_atomic
+from sda.model import MelVAE, ModelHyperparameters, checkpoint_record, read_checkpoint, save_torch_file
 from sda.versions import versions
 
 log = logging.getLogger(__name__)
@@ -370,7 +370,7 @@ def train_model(
                 elapsed,
             )
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.max_epochs:
-            save_atomic(
+            save_torch_file(
                 {
                     "format_version": STATE_FORMAT_VERSION,
                     "epoch": epoch,
@@ -390,6 +390,7 @@ def train_model(
                     "stale_epochs": stale_epochs,
                 },
                 state_file,
+                replace=True,
             )
         if warmed_up and stale_epochs >= cfg.patience:
             stopped_because = f"early stopping: no validation improvement for {cfg.patience} epochs"
@@ -443,7 +444,7 @@ def train_model(
         "history": history,
     }
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(checkpoint_record(model, record), model_path)
+    save_torch_file(checkpoint_record(model, record), model_path, replace=cfg.overwrite)
     read_checkpoint(model_path)  # what we wrote must load
     shutil.rmtree(state_dir, ignore_errors=True)
     return TrainingResult(model_path=model_path, record=record)

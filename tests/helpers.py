@@ -1,25 +1,47 @@
-"""Test helpers: running sda's commands for real, composing configs, synthesising audio files.
+"""Test helpers: running sda's commands for real, composing configs, synthesising audio files,
+building job folders with the real writers and reading back what the report wrote.
 
 Imported by test modules as `from tests.helpers import ...`; fixtures live in conftest.py.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
+import struct
 import subprocess
 import sys
+import zlib
+from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from sda.config import RunConfig, to_run_config
+from sda.config import GenerationConfig, RunConfig, to_run_config
+from sda.dsp.quality import measure_quality
+from sda.files import write_atomic
+from sda.outputs import MANIFEST_FILE, OUTCOME_FILE, SavedOutput
+from sda.pipeline import GenerationResult
 from sda.preflight import compose_config
+from sda.runner import ItemOutcome, JobOutcome
 
 REPO = Path(__file__).resolve().parent.parent
 SR = 48000
+CEILING = 10 ** (-1 / 20)  # sda's -1 dBFS output ceiling as an amplitude
+# Every (format, bit depth) sda writes: (format, bit depth, libsndfile container, subtype).
+FORMATS = [
+    ("wav", 16, "WAV", "PCM_16"),
+    ("wav", 24, "WAV", "PCM_24"),
+    ("wav", 32, "WAV", "FLOAT"),
+    ("flac", 16, "FLAC", "PCM_16"),
+    ("flac", 24, "FLAC", "PCM_24"),
+    ("ogg", 16, "OGG", "VORBIS"),
+]
 
 
 # One torch thread in the tests that render audio, and in the commands they run: on a shared
@@ -95,3 +117,128 @@ TINY_MODEL = [
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------------
+# Job folders and the report (tests/report)
+
+
+def synthetic_result(audio: np.ndarray, seed: int, config: GenerationConfig) -> GenerationResult:
+    """A GenerationResult holding `audio` (`[channels, frames]` at the config's export rate)."""
+    now = datetime.now(UTC)
+    return GenerationResult(
+        seed=seed,
+        right_seed=None,
+        audio=audio.astype(np.float32),
+        sample_rate=config.export.sample_rate,
+        metrics=measure_quality(torch.from_numpy(audio.astype(np.float32)), config.export.sample_rate),
+        config=config,
+        model_name="synthetic",
+        model_sha256="5" * 64,
+        device="cpu",
+        started_at=now,
+        finished_at=now,
+    )
+
+
+def job_folder(sweep: Path, name: str, overrides: list[str]) -> Path:
+    """A job folder as Hydra makes it: `.hydra/config.yaml` and `.hydra/overrides.yaml`."""
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("chunking:\n  mode: crossfade\nstereo:\n  mode: mono\n")
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    return job
+
+
+def write_job_outcome(
+    job: Path, items: list[ItemOutcome], error: str | None = None, config=None, token: str | None = None
+) -> None:
+    """An outcome.json as a job writes it (`config`: the job's RunConfig; `token`: its launch)."""
+    settings = config.generation_fields() if config is not None else None
+    outcome = JobOutcome(output_dir=str(job), items=items, error=error, overrides=[], config=settings, run_token=token)
+    write_atomic(job / OUTCOME_FILE, json.dumps(outcome.to_dict(), indent=2).encode())
+
+
+def done_item(saved: SavedOutput) -> ItemOutcome:
+    quality = saved.record["quality"]
+    return ItemOutcome(
+        saved.record["seed"],
+        saved.identity,
+        "done",
+        "",
+        saved.audio_path.name,
+        saved.sidecar_path.name,
+        quality["rating"],
+        quality["peak_dbfs"],
+        quality["loudness_lufs"],
+    )
+
+
+def read_manifest(folder: Path) -> list[dict[str, str]]:
+    with (folder / MANIFEST_FILE).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Decode an 8-bit RGB, non-interlaced PNG whose rows all use filter 0 -> `[h, w, 3]` uint8
+    (no imaging library: chunks, CRCs, zlib)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path}: no PNG signature"
+    position, chunks = 8, []
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        tag, body = data[position + 4 : position + 8], data[position + 8 : position + 8 + length]
+        (crc,) = struct.unpack(">I", data[position + 8 + length : position + 12 + length])
+        assert zlib.crc32(tag + body) == crc, f"{path}: bad CRC in {tag!r}"
+        chunks.append((tag, body))
+        position += 12 + length
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    assert (depth, colour, compression, filtering, interlace) == (8, 2, 0, 0, 0)
+    raw = zlib.decompress(b"".join(body for tag, body in chunks if tag == b"IDAT"))
+    assert len(raw) == height * (1 + 3 * width)
+    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + 3 * width)
+    assert (rows[:, 0] == 0).all(), "every row uses filter 0"
+    return rows[:, 1:].reshape(height, width, 3)
+
+
+class PageParser(HTMLParser):
+    """What the audition page holds: rows, audio and image sources, elements by id, tag counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, str]] = []
+        self.audio: list[str] = []
+        self.images: list[str] = []
+        self.attributes: dict[str, dict[str, str]] = {}
+        self.texts: dict[str, str] = {}
+        self.tag_counts: dict[str, int] = {}
+        self._open_id: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tag_counts[tag] = self.tag_counts.get(tag, 0) + 1
+        attributes = {k: v or "" for k, v in attrs}
+        if tag == "tr" and "data-status" in attributes:
+            self.rows.append(attributes)
+        if tag == "audio":
+            self.audio.append(attributes.get("src", ""))
+        if tag == "img":
+            self.images.append(attributes.get("src", ""))
+        if "id" in attributes:
+            self.attributes[attributes["id"]] = attributes
+            self._open_id = attributes["id"]
+        if tag == "body":
+            self.attributes["body"] = attributes
+
+    def handle_data(self, data):
+        if self._open_id:
+            self.texts[self._open_id] = self.texts.get(self._open_id, "") + data
+
+    def handle_endtag(self, tag):
+        self._open_id = None
+
+
+def parse_page(text: str) -> PageParser:
+    parser = PageParser()
+    parser.feed(text)
+    return parser

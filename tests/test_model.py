@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sda.dsp.spectrogram import SpectrogramSettings
-from sda.errors import CheckpointError
+from sda.errors import CheckpointError, OutputError
 from sda.model import (
     CHECKPOINT_FORMAT_VERSION,
     MelVAE,
@@ -166,3 +166,12 @@ def test_shipped_default_model_loads_and_is_small():
         assert key in record, key
     assert {"file_count", "total_seconds", "content_hash"} <= set(record["dataset"])
     assert "dataset=demo" in record["command"]
+
+
+def test_a_checkpoint_is_never_overwritten_unless_asked(saved, small_vae, tmp_path):
+    with pytest.raises(OutputError, match="already exists"):
+        save_checkpoint(small_vae, {"note": "second"}, saved)
+    assert load_model(saved).training["note"] == "test"
+    save_checkpoint(small_vae, {"note": "second"}, saved, replace=True)
+    assert load_model(saved).training["note"] == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [saved.name], "no temporary file left"

@@ -28,8 +28,9 @@ import torch
 from sda.config import RunConfig, to_run_config
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import OutputError
-from sda.export import file_sha256, verify_output
+from sda.files import file_sha256
 from sda.model import MelVAE, ModelHyperparameters, save_checkpoint
+from sda.outputs import verify_output
 from sda.preflight import plan
 from sda.replay import recorded_command, resume_command, write_command
 from sda.run import preflight

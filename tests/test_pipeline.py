@@ -28,9 +28,9 @@ from sda.config import (
 )
 from sda.dsp.quality import measure_quality
 from sda.dsp.spectrogram import SpectrogramSettings
-from sda.export import file_sha256, verify_output
+from sda.files import file_sha256
 from sda.model import LoadedModel, MelVAE, ModelHyperparameters, load_model
-from sda.outputs import save_result
+from sda.outputs import save_result, verify_output
 from sda.pipeline import GenerationPipeline, GenerationResult
 
 CEILING = 10 ** (-1 / 20)
@@ -491,11 +491,11 @@ def test_cuda_render_has_the_exact_length_and_peak_and_sounds_like_the_cpu_rende
 
 
 def test_python_api_renders_and_saves_without_hydra(tmp_path):
-    from sda import GenerationConfig, GenerationPipeline, GenerationResult, load_model
+    from sda import GenerationConfig, GenerationPipeline, GenerationResult, load_model, save_result
 
     pipeline = GenerationPipeline(load_model("default"), GenerationConfig(duration_s=1.0))
     result = pipeline.generate([7])[0]
-    saved = result.save(tmp_path)
+    saved = save_result(result, str(tmp_path))  # a folder name as a string, as in the README
 
     assert isinstance(result, GenerationResult)
     assert result.frames == SR and result.channels == 1

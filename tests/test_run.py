@@ -19,7 +19,7 @@ import soundfile as sf
 import yaml
 
 from sda.errors import ConfigError
-from sda.export import file_sha256
+from sda.files import file_sha256
 from sda.model import PACKAGED_MODELS_DIR
 from sda.replay import override_text, reproduce_overrides
 from sda.run import preflight

@@ -17,8 +17,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from sda.errors import DatasetError
+from sda.errors import DatasetError, OutputError
+from sda.files import file_sha256, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,8 @@ def synthesize_demo_corpus(
             data = _wav_bytes(audio, sample_rate)
             path = folder / clip_name(family, index)
             digest = hashlib.sha256(data).hexdigest()
-            if not (path.is_file() and _file_sha256(path) == digest):
-                _write_atomic(path, data)
+            if not (path.is_file() and file_sha256(path) == digest):
+                write_atomic(path, data, replace=True)
             paths.append(path)
             digests[path.name] = digest
 
@@ -89,7 +88,8 @@ def synthesize_demo_corpus(
         "families": list(FAMILIES),
         "files": digests,
     }
-    _write_atomic(folder / MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    write_atomic(folder / MANIFEST_NAME, manifest_bytes, replace=True)
     return paths
 
 
@@ -105,7 +105,7 @@ def ensure_demo_corpus(folder: Path, seed: int = 0) -> list[Path]:
     log.info("writing the demo corpus into %s (%s)", folder, problem)
     try:
         return synthesize_demo_corpus(folder, seed)
-    except OSError as error:
+    except (OSError, OutputError) as error:
         reason = " ".join(str(error).split())
         raise DatasetError(f"dataset.path={str(folder)!r}: cannot write the demo corpus there ({reason})") from error
 
@@ -131,7 +131,7 @@ def _manifest_problem(folder: Path, seed: int, expected: list[str]) -> str | Non
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if _file_sha256(path) != files[name]:
+        if file_sha256(path) != files[name]:
             return f"{name} has changed"
     return None
 
@@ -148,28 +148,6 @@ def _wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, audio, sample_rate, format="WAV", subtype="PCM_24")
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a hidden temporary file in the same folder, then rename over `path`: readers see
-    the old file or the new one, never a part. (The loader ignores hidden files, so a leftover
-    temporary from a killed run is never trained on.)"""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _check_whole(name: str, value: int, minimum: int) -> None:

@@ -28,6 +28,7 @@ import torch
 from sda.data.corpus import MANIFEST_NAME
 from sda.dsp.resample import LOWPASS_FILTER_WIDTH, ROLLOFF, resample
 from sda.errors import DatasetError
+from sda.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def load_audio_folder(root: Path | str, sample_rate: int = 48000) -> LoadedDatas
         try:
             audio, source_rate, channels = _read_mono(full, relative)
             audio = _resample_to(audio, source_rate, sample_rate)
-            file_digest = _file_sha256(full)
+            file_digest = _file_digest(full)
         except _Unusable as unusable:
             reason = _one_line(str(unusable))
             log.warning("skipping %s: %s", relative, reason)
@@ -207,10 +208,10 @@ def _resample_to(audio: np.ndarray, source_rate: int, sample_rate: int) -> np.nd
     return np.ascontiguousarray(resampled.numpy(), dtype=np.float32)
 
 
-def _file_sha256(path: Path) -> bytes:
+def _file_digest(path: Path) -> bytes:
+    """The file's SHA-256 as 32 bytes (what the content hash is made of)."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").digest()
+        return bytes.fromhex(file_sha256(path))
     except OSError as error:
         raise _Unusable(f"could not be read again for the dataset hash ({error})") from None
 

@@ -1,11 +1,9 @@
-"""Writing outputs: formats and headers read back, the -1 dBFS ceiling in the integers, TPDF
-dither, file names, never overwriting, sidecar-then-audio, and telling complete outputs from
-truncated ones."""
+"""Outputs on disk: each format's file and tags read back, the ceiling in the written file, file
+names, never overwriting, sidecar-then-audio, and telling complete outputs from truncated ones."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import re
@@ -25,32 +23,21 @@ except ImportError:  # not on Windows
 from sda.config import OPTIONS, DualSeedStereo, GenerationConfig, PhaseConfig, WavExport
 from sda.dsp.quality import measure_quality
 from sda.errors import OutputError
-from sda.export import (
-    encode_audio,
-    file_sha256,
+from sda.files import file_sha256
+from sda.model import load_model
+from sda.outputs import (
     output_stem,
     remove_stale_temporaries,
     reserve_output_paths,
+    save_result,
     verify_output,
-    write_bytes_atomic,
     write_sidecar,
 )
-from sda.model import load_model
-from sda.outputs import save_result
 from sda.pipeline import GenerationPipeline, GenerationResult
 from sda.versions import sda_version
+from tests.helpers import CEILING, FORMATS
 
-CEILING = 10 ** (-1 / 20)
 RATES = (44100, 48000, 96000)
-# (format, bit depth, libsndfile container, subtype)
-FORMATS = [
-    ("wav", 16, "WAV", "PCM_16"),
-    ("wav", 24, "WAV", "PCM_24"),
-    ("wav", 32, "WAV", "FLOAT"),
-    ("flac", 16, "FLAC", "PCM_16"),
-    ("flac", 24, "FLAC", "PCM_24"),
-    ("ogg", 16, "OGG", "VORBIS"),
-]
 FORMAT_IDS = [f"{f}{d}" for f, d, _, _ in FORMATS]
 NAME = re.compile(r"^gen_(\d{8}T\d{6}Z)_seed(\d+)(_\d+)?\.(wav|flac|ogg|json)$")
 
@@ -101,7 +88,7 @@ def silent_result(frames: int = 4800) -> GenerationResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Formats, headers, tags
+# Formats, headers, tags, level
 
 
 @pytest.mark.parametrize("format, bit_depth, container, subtype", FORMATS, ids=FORMAT_IDS)
@@ -130,33 +117,6 @@ def test_each_format_reads_back_with_its_rate_channels_subtype_frames_and_tags(
     assert verify_output(saved.sidecar_path).ok
 
 
-@pytest.mark.parametrize(
-    "format, bit_depth, reason",
-    [("wav", 8, "bit_depth=8"), ("flac", 32, "bit_depth=32"), ("ogg", 24, "bit_depth=24"), ("mp3", 16, "format='mp3'")],
-)
-def test_unsupported_format_and_depth_pairs_are_refused_naming_what_is_allowed(format, bit_depth, reason):
-    with pytest.raises(ValueError, match=re.escape(reason) + ".*allowed"):
-        encode_audio(np.zeros((1, 10), np.float32), 48000, format, bit_depth)
-
-
-def test_non_finite_or_misshapen_audio_and_unknown_tags_are_refused():
-    good = np.zeros((2, 100), np.float32)
-    bad = good.copy()
-    bad[1, 50] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
-        encode_audio(bad, 48000, "wav", 24)
-    with pytest.raises(ValueError, match="channels, frames"):
-        encode_audio(np.zeros(100, np.float32), 48000, "wav", 24)
-    with pytest.raises(ValueError, match="channels, frames"):
-        encode_audio(np.zeros((1, 0), np.float32), 48000, "wav", 24)
-    with pytest.raises(ValueError, match="tags"):
-        encode_audio(good, 48000, "wav", 24, tags={"producer": "x"})
-
-
-# --------------------------------------------------------------------------------------------
-# Level: the ceiling holds in what a reader decodes
-
-
 @pytest.mark.parametrize("format, bit_depth, container, subtype", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("rate", RATES)
 def test_written_file_peaks_at_most_minus_1_dbfs_and_never_clips(
@@ -170,76 +130,6 @@ def test_written_file_peaks_at_most_minus_1_dbfs_and_never_clips(
     assert peak > 10 ** (-1.5 / 20), "the level is kept, not needlessly lowered"
     assert not (np.abs(decoded) >= 0.999).any()
     assert saved.record["file"]["peak_dbfs"] == pytest.approx(20 * math.log10(peak), abs=1e-9)
-
-
-@pytest.mark.parametrize("format, bit_depth", [(f, d) for f, d, _, _ in FORMATS], ids=FORMAT_IDS)
-@pytest.mark.parametrize("level_db", [-1.0, 0.0, 6.0])
-def test_audio_at_or_above_full_scale_is_held_under_the_ceiling(format, bit_depth, level_db):
-    t = np.arange(24000) / 48000
-    tone = np.stack([np.sin(2 * np.pi * 997 * t), np.sin(2 * np.pi * 1499 * t + 1)])
-    audio = (tone / np.abs(tone).max() * 10 ** (level_db / 20)).astype(np.float32)
-    encoded = encode_audio(audio, 48000, format, bit_depth, dither_seed=3)
-    decoded, _ = sf.read(io.BytesIO(encoded.data), dtype="float64")
-    assert np.abs(decoded).max() <= CEILING
-    assert encoded.peak_dbfs <= -1.0
-    assert decoded.shape == (24000, 2)
-
-
-# --------------------------------------------------------------------------------------------
-# Quantisation
-
-
-def test_16_bit_has_tpdf_dither_whose_error_does_not_depend_on_the_signal():
-    """TPDF dither (+-1 LSB triangular) makes the total error (output - input) zero-mean with
-    variance 1/4 LSB^2 whatever the input: plain rounding would give an error fixed by the input
-    (a sawtooth of the fractional part, variance 1/12), rectangular dither a variance that swings
-    with it. Checked per bin of the input's fractional part on a quiet ramp of +-4 LSB."""
-    lsb = 2.0**-15
-    n = 2**17
-    ramp_lsb = np.linspace(-4.0, 4.0, n)
-    encoded = encode_audio((ramp_lsb * lsb)[None].astype(np.float64), 48000, "wav", 16, dither_seed=1)
-    samples, _ = sf.read(io.BytesIO(encoded.data), dtype="int16")
-    error = samples.astype(np.float64) - ramp_lsb
-
-    assert abs(error.mean()) < 0.01
-    assert error.var() == pytest.approx(0.25, abs=0.01)
-    assert np.abs(error).max() <= 1.5  # rint(x + d) with |d| < 1
-    fraction = ramp_lsb - np.floor(ramp_lsb)
-    for low in np.arange(0.0, 1.0, 0.125):
-        in_bin = error[(fraction >= low) & (fraction < low + 0.125)]
-        assert abs(in_bin.mean()) < 0.02, f"error biased for fractions near {low}"
-        assert in_bin.var() == pytest.approx(0.25, abs=0.02), f"noise level swings for fractions near {low}"
-    # consecutive errors are uncorrelated (white dither), and the dither is seeded, not global
-    assert abs(np.corrcoef(error[:-1], error[1:])[0, 1]) < 0.02
-    again = encode_audio((ramp_lsb * lsb)[None], 48000, "wav", 16, dither_seed=1)
-    other = encode_audio((ramp_lsb * lsb)[None], 48000, "wav", 16, dither_seed=2)
-    assert again.data == encoded.data
-    assert other.data != encoded.data
-
-
-def test_24_bit_rounds_to_the_nearest_step_and_32_bit_keeps_the_floats():
-    step = 2.0**-23
-    codes = np.array([-1000, -1, 0, 1, 12345, 7_000_000])
-    offsets = np.array([0.49, -0.49, 0.3, -0.3, 0.0, 0.2])
-    audio = ((codes + offsets) * step)[None]
-    encoded = encode_audio(audio, 48000, "wav", 24)
-    samples, _ = sf.read(io.BytesIO(encoded.data), dtype="int32")
-    assert np.array_equal(samples >> 8, codes)
-
-    floats = np.array([[0.5, -0.25, 1e-6, -0.8]], np.float32)
-    decoded, _ = sf.read(io.BytesIO(encode_audio(floats, 48000, "wav", 32).data), dtype="float32")
-    assert np.array_equal(decoded, floats[0])
-
-
-@pytest.mark.parametrize("format, bit_depth", [(f, d) for f, d, _, _ in FORMATS], ids=FORMAT_IDS)
-def test_the_same_audio_always_encodes_to_the_same_bytes(format, bit_depth):
-    rng = np.random.default_rng(0)
-    audio = (0.2 * rng.standard_normal((2, 24000))).astype(np.float32)
-    tags = {"title": "t", "comment": "c", "software": "s"}
-    first = encode_audio(audio, 48000, format, bit_depth, tags=tags, dither_seed=9)
-    second = encode_audio(audio, 48000, format, bit_depth, tags=tags, dither_seed=9)
-    assert first.data == second.data and first.sha256 == second.sha256
-    assert sf.info(io.BytesIO(first.data)).frames == 24000
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,21 +169,6 @@ def test_taken_names_get_2_then_3_and_nothing_is_overwritten(stereo_results, tmp
     assert a.audio_path != b.audio_path
     assert a.audio_path.read_bytes() == a_bytes
     assert verify_output(a.sidecar_path).ok and verify_output(b.sidecar_path).ok
-
-
-def test_write_refuses_an_existing_file_and_leaves_it_and_no_temporary(tmp_path):
-    target = tmp_path / "out.wav"
-    target.write_bytes(b"precious")
-    with pytest.raises(OutputError, match="already exists"):
-        write_bytes_atomic(target, b"new")
-    assert target.read_bytes() == b"precious"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
-
-
-def test_write_into_a_missing_folder_is_one_line_output_error(tmp_path):
-    with pytest.raises(OutputError) as caught:
-        write_bytes_atomic(tmp_path / "missing" / "out.wav", b"data")
-    assert "\n" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,14 +257,3 @@ def test_sidecar_refuses_nan_but_a_silent_output_still_saves_with_null_levels(tm
     assert record["quality"]["peak_dbfs"] is None and record["quality"]["snr_db"] is None
     assert record["quality"]["rating"] == "red"
     assert verify_output(saved.sidecar_path).ok
-
-
-@pytest.mark.slow
-def test_long_stereo_ogg_encodes_and_decodes_to_every_frame():
-    # One 90 s write crashed libsndfile's Vorbis encoder (stack overflow); blocks must not.
-    rng = np.random.default_rng(3)
-    audio = (0.1 * rng.standard_normal((2, 48000 * 90))).astype(np.float32)
-    encoded = encode_audio(audio, 48000, "ogg", 16)
-    decoded, rate = sf.read(io.BytesIO(encoded.data), always_2d=True)
-    assert rate == 48000 and decoded.shape == (48000 * 90, 2)
-    assert np.abs(decoded).max() <= 10 ** (-1 / 20)

@@ -1,15 +1,4 @@
-"""Writing outputs so that nothing half-written ever looks finished.
-
-Order for every output (sda.outputs follows it):
-    1. encode the audio in memory (`encode_audio`): bytes, frame count, sha256;
-    2. write the sidecar JSON, which records that frame count and checksum (`write_sidecar`);
-    3. write the audio bytes (`write_bytes_atomic`).
-Each write goes to a hidden temporary file in the target folder, is flushed and fsynced, then
-moved into place with `os.replace` (and the folder fsynced). A kill between 2 and 3 leaves a
-sidecar without its audio; a kill during a write leaves only a temporary file, removed at the
-next start (`remove_stale_temporaries`). An output is done only when `verify_output` finds its
-audio matching the sidecar's frame count and checksum: a WAV truncated by a killed process
-still opens and reads without error, so a file's existence proves nothing.
+"""Audio bytes for WAV, FLAC and OGG: a complete file encoded in memory (`encode_audio`).
 
 Quantisation is ours, not libsndfile's, so the -1 dBFS ceiling holds in the integers:
 16-bit gets TPDF dither (triangular, +-1 LSB) from a seeded generator; 24-bit is rounded; 32-bit
@@ -18,23 +7,17 @@ values are handed over shifted left by 8. Tags: FLAC and OGG accept them only be
 frame is written (WAV either way), so they are always set first. libsndfile stamps every Ogg page
 with a stream serial number drawn from the clock; it is replaced by one from `dither_seed` (page
 checksums recomputed), so the same audio always gives the same bytes in every format.
+Writing the bytes to disk is sda.outputs' job.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
-import json
 import math
-import os
-import shutil
 import struct
 import zlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -50,7 +33,6 @@ FORMATS: dict[str, dict[int, str]] = {
 EXTENSIONS = {"wav": ".wav", "flac": ".flac", "ogg": ".ogg"}
 _CONTAINERS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
 TAG_NAMES = ("title", "comment", "software", "artist", "date", "album", "copyright", "license", "genre")
-TEMP_GLOB = ".*.tmp"
 OGG_ATTEMPTS = 6
 WRITE_BLOCK_FRAMES = 1 << 16
 _BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
@@ -216,161 +198,3 @@ def encode_audio(
         sha256=hashlib.sha256(data).hexdigest(),
         peak_dbfs=20 * math.log10(peak) if peak > 0 else float("-inf"),
     )
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def _describe(error: OSError, path: Path) -> str:
-    folder = path.parent
-    if error.errno == errno.ENOSPC:
-        try:
-            free = shutil.disk_usage(folder).free / 1e6
-            return f"disk full while writing {path.name}: {free:.0f} MB free in {folder}"
-        except OSError:
-            return f"disk full while writing {path.name} in {folder}"
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write into {folder}: {error.strerror}"
-    return f"cannot write {path}: {error.strerror or error}"
-
-
-def write_bytes_atomic(path: Path, data: bytes, replace: bool = False) -> None:
-    """Write `data` to `path` through a temporary file in the same folder. Outputs are never
-    replaced (OutputError if `path` exists); `replace=True` is for files regenerated on every
-    run (the report), which a reader then sees whole, old or new. Raises OutputError (one line)
-    on any failure, leaving nothing behind."""
-    path = Path(path)
-    if path.exists() and not replace:
-        raise OutputError(f"{path} already exists; sda never overwrites outputs")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists() and not replace:
-            raise OutputError(f"{path} already exists; sda never overwrites outputs")
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    except OSError as error:
-        raise OutputError(_describe(error, path)) from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def write_json_atomic(path: Path, data: Any, replace: bool = False) -> None:
-    """JSON, atomically; NaN or infinity raise ValueError, so the file stays valid JSON."""
-    text = json.dumps(data, indent=2, allow_nan=False, default=str)
-    write_bytes_atomic(Path(path), (text + "\n").encode(), replace=replace)
-
-
-def write_sidecar(path: Path, record: dict[str, Any]) -> None:
-    """JSON, atomically. NaN or infinity in the record raise ValueError: the file stays valid JSON."""
-    text = json.dumps(record, indent=2, allow_nan=False, default=str)
-    write_bytes_atomic(Path(path), (text + "\n").encode())
-
-
-def read_sidecar(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(Path(path).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return record
-
-
-def output_stem(timestamp_utc: datetime, seed: int) -> str:
-    """`gen_{UTC timestamp}_seed{seed}`, e.g. gen_20261124T031522Z_seed7."""
-    if timestamp_utc.tzinfo is None:
-        raise ValueError("timestamp must be timezone-aware (UTC)")
-    return f"gen_{timestamp_utc.astimezone(UTC):%Y%m%dT%H%M%SZ}_seed{seed}"
-
-
-def reserve_output_paths(folder: Path, timestamp_utc: datetime, seed: int, format: str) -> tuple[Path, Path]:
-    """(audio path, sidecar path) whose names are both free; `_2`, `_3` ... when taken."""
-    folder = Path(folder)
-    stem = output_stem(timestamp_utc, seed)
-    candidate, n = stem, 1
-    while (folder / f"{candidate}{EXTENSIONS[format]}").exists() or (folder / f"{candidate}.json").exists():
-        n += 1
-        candidate = f"{stem}_{n}"
-    return folder / f"{candidate}{EXTENSIONS[format]}", folder / f"{candidate}.json"
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files left by killed processes; returns what was removed."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for path in sorted(folder.glob(TEMP_GLOB)):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-@dataclass(frozen=True)
-class Verification:
-    ok: bool
-    reason: str
-    sidecar_path: Path
-    audio_path: Path | None
-    record: dict[str, Any] | None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_output(sidecar_path: Path) -> Verification:
-    """Is this output complete? Its sidecar parses, its audio exists, and the audio's frame
-    count, rate, channels and sha256 match the sidecar. Never raises for a bad output."""
-    sidecar_path = Path(sidecar_path)
-
-    def fail(reason: str, audio: Path | None = None, record: dict | None = None) -> Verification:
-        return Verification(False, reason, sidecar_path, audio, record)
-
-    try:
-        record = read_sidecar(sidecar_path)
-        info = record["file"]
-        name, frames, sha = info["name"], int(info["frames"]), info["sha256"]
-        rate, channels = int(info["sample_rate"]), int(info["channels"])
-    except FileNotFoundError:
-        return fail("sidecar missing")
-    except (ValueError, KeyError, TypeError, OSError) as error:
-        return fail(f"sidecar unparsable: {error}")
-    audio = sidecar_path.parent / name
-    if Path(name).name != name:
-        return fail(f"sidecar names a file outside its folder: {name!r}", None, record)
-    if not audio.is_file():
-        return fail("audio file missing", audio, record)
-    try:
-        found = sf.info(str(audio))
-    except (RuntimeError, sf.LibsndfileError) as error:
-        return fail(f"audio unreadable: {error}", audio, record)
-    if found.frames != frames:
-        return fail(f"frame count {found.frames} != {frames}", audio, record)
-    if found.samplerate != rate or found.channels != channels:
-        return fail(f"{found.samplerate} Hz x {found.channels} channels != {rate} Hz x {channels}", audio, record)
-    if file_sha256(audio) != sha:
-        return fail("checksum mismatch", audio, record)
-    return Verification(True, "verified", sidecar_path, audio, record)

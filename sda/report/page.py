@@ -1,0 +1,140 @@
+"""`index.html`: the audition page, filled from the template files in `templates/`.
+
+The page is self-contained: the stylesheet and the script are copied into it, the audio and the
+spectrograms are relative links. A table sortable by any column (click a header; `#sort=rating`
+or `#sort=-peak_dbfs` in the address sorts on load), green first when sorted by rating.
+
+Templates are `string.Template` files. `fill` html-escapes every value it substitutes except a
+`Markup`: what `fill` returned, text already escaped, or the package's own CSS and JS. Text from
+a sidecar, an outcome or a file name can never become markup.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+from urllib.parse import quote
+
+from sda.outputs import MANIFEST_FILE
+from sda.report.rows import RATING_RANK, STATUS_RANK, ReportRow, value_text
+from sda.report.spectrogram import (
+    SPECTROGRAM_F_MIN_HZ,
+    SPECTROGRAM_FLOOR_DB,
+    SPECTROGRAM_HEIGHT,
+    SPECTROGRAM_MAX_S,
+    SPECTROGRAM_TOP_DB,
+    SPECTROGRAM_WIDTH,
+)
+
+TEMPLATES = resources.files("sda.report") / "templates"
+
+
+class Markup(str):
+    """HTML that is inserted as it is."""
+
+
+@functools.cache
+def template_text(name: str) -> str:
+    """A file of `templates/`; a one-line fragment loses its final newline."""
+    text = (TEMPLATES / name).read_text(encoding="utf-8")
+    return text[:-1] if text.count("\n") == 1 and text.endswith("\n") else text
+
+
+def fill(template: str, **values: Any) -> Markup:
+    """The file `template` with every value substituted, html-escaped unless it is Markup."""
+    escaped = {key: value if isinstance(value, Markup) else html.escape(str(value)) for key, value in values.items()}
+    return Markup(Template(template_text(template)).substitute(escaped))
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def row_html(row: ReportRow) -> Markup:
+    href = quote(row.file) if row.file else ""
+    if row.status == "done" or row.audio_exists:  # a broken file may still play in part
+        player = fill("player.html", src=href)
+    else:
+        player = fill("no_player.html", status=row.status)
+    spectrogram = Markup("")
+    if row.spectrogram:
+        spectrogram = fill(
+            "spectrogram.html",
+            src=quote(row.spectrogram),
+            width=SPECTROGRAM_WIDTH,
+            height=SPECTROGRAM_HEIGHT,
+            name=Path(row.file).name,
+        )
+    if row.status == "done":
+        label, cls, why = row.rating or "unrated", row.rating or "", row.rating_reason or ""
+    else:
+        label, cls, why = row.status, row.status, row.reason
+    name = (
+        Path(row.file).name if row.file else Path(row.sidecar).name if row.sidecar else f"seed {value_text(row.seed)}"
+    )
+    link = fill("audio_link.html", href=href, name=name) if row.audio_exists else Markup(html.escape(name))
+    if row.sidecar:
+        link = Markup(f"{link} {fill('sidecar_link.html', href=quote(row.sidecar))}")
+    seed_text = value_text(row.seed) + (f" / R {row.right_seed}" if row.right_seed is not None else "")
+    format_text = (row.format or "") + (f" {row.bit_depth}-bit" if row.bit_depth and row.format != "ogg" else "")
+    return fill(
+        "row.html",
+        status=row.status,
+        file=row.file,
+        identity=row.identity,
+        rating_rank=row.rating_rank,
+        rating_class=cls,
+        rating_label=label,
+        rating_reason=why,
+        file_key=row.file or row.sidecar,
+        link=link,
+        player=player,
+        spectrogram=spectrogram,
+        job=value_text(row.job),
+        seed=value_text(row.seed),
+        seed_text=seed_text,
+        chunking=value_text(row.chunking),
+        stereo=value_text(row.stereo),
+        sample_rate=value_text(row.sample_rate),
+        format=value_text(row.format),
+        format_text=format_text,
+        duration_s=value_text(row.duration_s),
+        duration_text=_number(row.duration_s, 2),
+        peak_dbfs=value_text(row.peak_dbfs),
+        peak_text=_number(row.peak_dbfs, 2),
+        rms_dbfs=value_text(row.rms_dbfs),
+        rms_text=_number(row.rms_dbfs, 2),
+        loudness_lufs=value_text(row.loudness_lufs),
+        loudness_text=_number(row.loudness_lufs, 1),
+    )
+
+
+def page_html(folder: Path, rows: list[ReportRow], problems: list[str]) -> str:
+    """The whole page for the rows of `folder` and its job-level problems."""
+    counts = {status: sum(1 for r in rows if r.status == status) for status in STATUS_RANK}
+    ratings = {rating: sum(1 for r in rows if r.status == "done" and r.rating == rating) for rating in RATING_RANK}
+    summary = (
+        f"{counts['done']} done ({ratings['green']} green, {ratings['yellow']} yellow, {ratings['red']} red), "
+        f"{counts['broken']} broken, {counts['failed']} failed; {MANIFEST_FILE} lists them all."
+    )
+    problem_list = Markup("")
+    if problems:
+        problem_list = fill("problems.html", items=Markup("".join(fill("problem.html", problem=p) for p in problems)))
+    return fill(
+        "index.html",
+        title=f"sda batch {Path(folder).name}",
+        style=Markup(template_text("style.css")),
+        script=Markup(template_text("script.js")),
+        summary=summary,
+        manifest=MANIFEST_FILE,
+        max_s=f"{SPECTROGRAM_MAX_S:g}",
+        f_min_hz=f"{SPECTROGRAM_F_MIN_HZ:g}",
+        floor_db=f"{SPECTROGRAM_FLOOR_DB:g}",
+        top_db=f"{SPECTROGRAM_TOP_DB:g}",
+        problems=problem_list,
+        rows=Markup("\n".join(row_html(row) for row in rows)),
+    )

@@ -1,0 +1,285 @@
+"""The report's rows, read from job folders, and `manifest.csv`.
+
+One row per output found in a job folder (every sidecar, checked with `verify_output`, and any
+`gen_*` audio file without a sidecar) plus one per item that `outcome.json` records as failed.
+Status: `done` (the audio matches its sidecar), `broken` (it does not, or there is no sidecar;
+the reason says why) or `failed` (never written; the job's reason). Job-level errors (a job that
+died or could not start) are returned as problems.
+
+In manifest.csv a text cell that a spreadsheet would take for a formula (starting with `=`, `+`,
+`-`, `@`, a tab or a carriage return) gets a leading apostrophe; numbers are written as numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sda.encode import EXTENSIONS
+from sda.outputs import OUTCOME_FILE, OUTPUT_PREFIX, SIDECAR_GLOB, verify_output
+from sda.seeds import right_seed
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = (
+    "file",
+    "job",
+    "seed",
+    "right_seed",
+    "chunking",
+    "stereo",
+    "sample_rate",
+    "bit_depth",
+    "format",
+    "channels",
+    "frames",
+    "duration_s",
+    "peak_dbfs",
+    "rms_dbfs",
+    "loudness_lufs",
+    "rating",
+    "rating_reason",
+    "status",
+    "reason",
+    "identity",
+    "sidecar",
+    "spectrogram",
+)
+# Sort order of the page's rating column: best first, then what has no audio worth hearing.
+RATING_RANK = {"green": 0, "yellow": 1, "red": 2}
+STATUS_RANK = {"done": 0, "broken": 1, "failed": 2}
+# What a spreadsheet reads as the start of a formula (OWASP's list for CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_AUDIO_NAME = re.compile(
+    "^" + re.escape(OUTPUT_PREFIX) + ".*(" + "|".join(re.escape(e) for e in EXTENSIONS.values()) + r")$"
+)
+
+
+@dataclass
+class ReportRow:
+    """One manifest row. Not in the manifest: `audio_exists` (for the page), and `audio_path` and
+    `audio_sha256` of a done output (for its spectrogram)."""
+
+    job: str
+    status: str
+    file: str = ""
+    sidecar: str = ""
+    reason: str = ""
+    identity: str = ""
+    seed: int | None = None
+    right_seed: int | None = None
+    chunking: str | None = None
+    stereo: str | None = None
+    sample_rate: int | None = None
+    bit_depth: int | None = None
+    format: str | None = None
+    channels: int | None = None
+    frames: int | None = None
+    duration_s: float | None = None
+    peak_dbfs: float | None = None
+    rms_dbfs: float | None = None
+    loudness_lufs: float | None = None
+    rating: str | None = None
+    rating_reason: str | None = None
+    spectrogram: str = ""
+    audio_exists: bool = False
+    audio_path: Path | None = None
+    audio_sha256: str = ""
+
+    def csv_values(self) -> list[str]:
+        return [manifest_cell(getattr(self, column)) for column in MANIFEST_COLUMNS]
+
+    @property
+    def rating_rank(self) -> int:
+        if self.status != "done":
+            return len(RATING_RANK) + STATUS_RANK[self.status]
+        return RATING_RANK.get(self.rating or "", len(RATING_RANK))
+
+
+def value_text(value: Any) -> str:
+    """A row's value as text: empty for None or non-finite, floats to 10 significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.10g}"
+    return str(value)
+
+
+def manifest_cell(value: Any) -> str:
+    """`value_text`, and a text value a spreadsheet would run as a formula made inert."""
+    text = value_text(value)
+    if isinstance(value, str) and text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
+def manifest_csv(rows: list[ReportRow]) -> str:
+    """The manifest's text: a header and one line per row, each ended by "\n"."""
+    # The writer quotes a field that holds a character of its line terminator, and only then:
+    # with "\n" alone, a carriage return inside a field would be written bare and end the row
+    # for every reader. So rows are written with "\r\n" and the "\r" of each ending dropped.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    lines = []
+    for values in [MANIFEST_COLUMNS, *(row.csv_values() for row in rows)]:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(values)
+        lines.append(buffer.getvalue().removesuffix("\r\n") + "\n")
+    return "".join(lines)
+
+
+def relative_to(path: Path, folder: Path) -> str:
+    """`path` relative to `folder` in POSIX form (as links on the page need), else as it is."""
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def collect_rows(folder: Path, job_dirs: list[Path]) -> tuple[list[ReportRow], list[str]]:
+    """Rows for every output and failed item of `job_dirs`, and the job-level problems."""
+    rows: list[ReportRow] = []
+    problems: list[str] = []
+    for job_dir in job_dirs:
+        rows.extend(_job_rows(Path(folder), Path(job_dir), problems))
+    return rows, problems
+
+
+def _get(record: Any, *keys: str) -> Any:
+    """record[k1][k2]... or None when any level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(record, dict):
+            return None
+        record = record.get(key)
+    return record
+
+
+def _as_int(value: Any) -> int | None:
+    return (
+        int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    )
+
+
+def _as_float(value: Any) -> float | None:
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
+
+
+def _as_str(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _fill_from_record(row: ReportRow, record: dict[str, Any]) -> None:
+    row.identity = _as_str(record.get("identity")) or row.identity
+    row.seed = _as_int(_get(record, "seeds", "left"))
+    if row.seed is None:
+        row.seed = _as_int(record.get("seed"))
+    row.right_seed = _as_int(_get(record, "seeds", "right"))
+    row.chunking = _as_str(_get(record, "config", "chunking", "mode"))
+    row.stereo = _as_str(_get(record, "config", "stereo", "mode"))
+    row.sample_rate = _as_int(_get(record, "file", "sample_rate"))
+    row.bit_depth = _as_int(_get(record, "file", "bit_depth"))
+    if row.bit_depth is None:
+        row.bit_depth = _as_int(record.get("bit_depth"))
+    row.format = _as_str(_get(record, "file", "format"))
+    row.channels = _as_int(_get(record, "file", "channels"))
+    row.frames = _as_int(_get(record, "file", "frames"))
+    row.duration_s = _as_float(record.get("duration_s"))
+    row.peak_dbfs = _as_float(_get(record, "file", "peak_dbfs"))  # what a reader decodes from the file
+    if row.peak_dbfs is None:
+        row.peak_dbfs = _as_float(_get(record, "quality", "peak_dbfs"))
+    row.rms_dbfs = _as_float(_get(record, "quality", "rms_dbfs"))
+    row.loudness_lufs = _as_float(_get(record, "quality", "loudness_lufs"))
+    row.rating = _as_str(_get(record, "quality", "rating"))
+    row.rating_reason = _as_str(_get(record, "quality", "rating_reason"))
+
+
+def _job_config(outcome: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The job's generation settings for failed items: from one of its sidecars, else from the
+    settings sda recorded in the job's outcome.json, else nothing."""
+    for record in records:
+        if isinstance(record.get("config"), dict):
+            return record["config"]
+    config = outcome.get("config")
+    return config if isinstance(config, dict) else {}
+
+
+def _failed_row(item: dict[str, Any], job: str, config: dict[str, Any]) -> ReportRow:
+    row = ReportRow(job=job, status="failed", reason=str(item.get("reason") or "failed"))
+    row.seed = _as_int(item.get("seed"))
+    row.identity = _as_str(item.get("identity")) or ""
+    row.chunking = _as_str(_get(config, "chunking", "mode"))
+    row.stereo = _as_str(_get(config, "stereo", "mode"))
+    row.sample_rate = _as_int(_get(config, "export", "sample_rate"))
+    row.bit_depth = _as_int(_get(config, "export", "bit_depth"))
+    row.format = _as_str(_get(config, "export", "format"))
+    row.duration_s = _as_float(config.get("duration_s"))
+    if row.stereo == "dual_seed" and row.seed is not None:
+        try:
+            row.right_seed = right_seed(row.seed)
+        except ValueError:
+            pass
+    return row
+
+
+def _job_rows(folder: Path, job_dir: Path, problems: list[str]) -> list[ReportRow]:
+    job = relative_to(job_dir, folder) if job_dir != folder else "."
+    rows: list[ReportRow] = []
+    records: list[dict[str, Any]] = []
+    named: set[str] = set()
+    for sidecar in sorted(job_dir.glob(SIDECAR_GLOB)):
+        check = verify_output(sidecar)
+        row = ReportRow(job=job, status="done" if check.ok else "broken", sidecar=relative_to(sidecar, folder))
+        if not check.ok:
+            row.reason = check.reason
+        if check.record is not None:
+            records.append(check.record)
+            _fill_from_record(row, check.record)
+            if not check.ok:  # the sidecar's measurements describe audio that is not on disk
+                row.peak_dbfs = row.rms_dbfs = row.loudness_lufs = row.rating = row.rating_reason = None
+        if check.audio_path is not None:
+            named.add(check.audio_path.name)
+            row.file = relative_to(check.audio_path, folder)
+            row.audio_exists = check.audio_path.is_file()
+        if check.ok and check.audio_path is not None:
+            row.audio_path = check.audio_path
+            row.audio_sha256 = str(_get(check.record, "file", "sha256"))
+        rows.append(row)
+    for audio in sorted(job_dir.glob(f"{OUTPUT_PREFIX}*")):
+        if audio.is_file() and _AUDIO_NAME.match(audio.name) and audio.name not in named:
+            rows.append(
+                ReportRow(
+                    job=job, status="broken", file=relative_to(audio, folder), reason="no sidecar", audio_exists=True
+                )
+            )
+
+    outcome_path = job_dir / OUTCOME_FILE
+    try:
+        outcome = json.loads(outcome_path.read_text())
+    except FileNotFoundError:
+        problems.append(f"job {job}: no {OUTCOME_FILE}: the job's process ended early or is still running")
+        return rows
+    except (OSError, ValueError) as error:
+        problems.append(f"job {job}: unreadable {OUTCOME_FILE}: {error}")
+        return rows
+    if _get(outcome, "error"):
+        problems.append(f"job {job}: {outcome['error']}")
+    items = _get(outcome, "items")
+    config = None
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and item.get("status") == "failed":
+            if config is None:
+                config = _job_config(outcome, records)
+            rows.append(_failed_row(item, job, config))
+    return rows
