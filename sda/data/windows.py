@@ -35,13 +35,14 @@ import functools
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from sda.data.folder import AudioClip
+from sda.data.folder import AudioClip, printable
 from sda.dsp.resample import get_resampler
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ def split_by_file(
 
 
 def _split_key(seed: int, clip: AudioClip) -> bytes:
-    return hashlib.sha256(f"{int(seed)}\0{clip.path.as_posix()}".encode()).digest()
+    # The name's own bytes (os.fsencode): any name the OS holds, not only valid UTF-8, and for a
+    # UTF-8 name the same bytes as str.encode(), so existing splits stay where they were.
+    return hashlib.sha256(f"{int(seed)}\0".encode() + os.fsencode(clip.path.as_posix())).digest()
 
 
 def _split_in_time(
@@ -104,13 +107,14 @@ def _split_in_time(
         validation_samples = min(max(validation_samples, one_second), total - one_second)
     if validation_samples <= 0 or validation_samples >= total:
         log.warning(
-            "only one file (%s) and too short to split: validating on training audio (not independent)", clip.path
+            "only one file (%s) and too short to split: validating on training audio (not independent)",
+            printable(clip.path),
         )
         return [clip], []
     cut = total - validation_samples
     log.warning(
         "only one file (%s): validating on its last %.2f s, which is not independent of the training audio",
-        clip.path,
+        printable(clip.path),
         validation_samples / sample_rate,
     )
     train = AudioClip(clip.path, clip.audio[:cut], clip.source_sample_rate, clip.source_channels)
