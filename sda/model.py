@@ -28,36 +28,36 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from sda.dsp.spectrogram import SpectrogramSettings
-from sda.errors import CheckpointError
+from sda.errors import CheckpointError, ConfigError
 from sda.files import file_sha256, write_atomic
+from sda.schema import Sealed, check_range
 
 CHECKPOINT_FORMAT = "sda-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 PACKAGED_MODELS_DIR = Path(__file__).parent / "models"
 
 
-@dataclass(frozen=True)
-class ModelHyperparameters:
-    """Architecture of the VAE. `channels` lists the feature maps per stride-2 level."""
+@dataclass(unsafe_hash=True)
+class ModelHyperparameters(Sealed):
+    """Architecture of the VAE. `channels` lists the feature maps per stride-2 level. Also the
+    `model` schema of `sda.train` (`model.latent_dim=...`): sealed (read-only) once validated."""
 
+    KEY: ClassVar[str] = "model"
     latent_dim: int = 64
     channels: tuple[int, ...] = (16, 32, 64, 128, 128)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if self.latent_dim < 1:
-            raise ValueError(f"latent_dim={self.latent_dim}: must be >= 1")
-        if not self.channels or min(self.channels) < 1:
-            raise ValueError(f"channels={self.channels}: need at least one level, each >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"latent_dim": self.latent_dim, "channels": list(self.channels)}
+    def validate(self) -> None:
+        check_range(f"{self.KEY}.latent_dim", self.latent_dim, 1, 1024)
+        channels = tuple(self.channels)
+        if not channels or any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= 4096 for c in channels):
+            raise ConfigError(f"{self.KEY}.channels", list(channels), "at least one level, each in [1, 4096]")
+        object.__setattr__(self, "channels", channels)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelHyperparameters:
@@ -261,7 +261,7 @@ def build_from_record(record: dict[str, Any], path: Path) -> MelVAE:
     try:
         settings = SpectrogramSettings.from_dict(record["spectrogram"])
         hyper = ModelHyperparameters.from_dict(record["hyperparameters"])
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{str(path)!r} has invalid settings: {error}") from None
     vae = MelVAE(settings, hyper)
     expected = vae.state_dict()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from sda.dsp.spectrogram import SpectrogramSettings
+from sda.config import TrainConfig, to_train_config
+from sda.dsp.spectrogram import SpectrogramSettings, mel_filterbank
 from sda.errors import CheckpointError, OutputError
 from sda.model import (
     CHECKPOINT_FORMAT_VERSION,
@@ -16,8 +18,10 @@ from sda.model import (
     ModelHyperparameters,
     checkpoint_record,
     load_model,
+    resolve_checkpoint,
     save_checkpoint,
 )
+from sda.preflight import compose_config
 
 
 @pytest.fixture
@@ -146,6 +150,33 @@ def test_spectrogram_settings_are_compared_not_assumed(saved: Path, small_vae: M
     message = _one_line_error(saved, expected_settings=same_shapes)
     assert "f_min: 0.0 != 30.0" in message
     assert load_model(saved, "cpu", expected_settings=small_vae.settings).settings == small_vae.settings
+
+
+def test_the_train_schema_builds_the_model_with_the_same_sealed_hashable_types(tmp_path: Path):
+    overrides = ["dataset=demo", "name=x", "model.latent_dim=8", "model.channels=[4,8,8]", "spectrogram.n_mels=64"]
+    cfg = to_train_config(compose_config("train", overrides, TrainConfig))
+    assert type(cfg.model) is ModelHyperparameters and type(cfg.spectrogram) is SpectrogramSettings
+    vae = MelVAE(cfg.spectrogram, cfg.model)
+    assert vae.to_mu.out_features == 8 and vae.n_mels == 64
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.spectrogram.n_mels = 80
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model.latent_dim = 16
+    same = SpectrogramSettings(n_mels=64)
+    assert same == cfg.spectrogram and hash(same) == hash(cfg.spectrogram)
+    before = mel_filterbank.cache_info().hits
+    assert mel_filterbank(same) is mel_filterbank(cfg.spectrogram)  # one cache entry for equal settings
+    assert mel_filterbank.cache_info().hits > before
+
+    # The checkpoint sections keep the keys they always had, so the shipped model reads as before.
+    shipped = torch.load(resolve_checkpoint("default"), weights_only=True)
+    record = checkpoint_record(vae, {})
+    assert record["spectrogram"].keys() == shipped["spectrogram"].keys()
+    assert record["hyperparameters"] == {"latent_dim": 8, "channels": [4, 8, 8]}
+    assert SpectrogramSettings.from_dict(shipped["spectrogram"]) == SpectrogramSettings()
+    record["hyperparameters"]["latent_dim"] = 0
+    torch.save(record, tmp_path / "zero.pt")
+    assert "model.latent_dim=0 is not allowed" in _one_line_error(tmp_path / "zero.pt")
 
 
 def test_shipped_default_model_loads_and_is_small():

@@ -12,7 +12,8 @@ read-only, and Hydra could no longer merge YAML and overrides into them.
 
     base.py         sealing, plain dicts, the range / seed / device checks
     generation.py   sda.run: model, chunking, stereo, export, phase, GenerationConfig, RunConfig
-    training.py     sda.train: dataset, augmentation, spectrogram, TrainConfig
+    training.py     sda.train: dataset, TrainConfig (whose augmentation, spectrogram and model
+                    groups are the run-time types of sda.data.windows, sda.dsp.spectrogram, sda.model)
     evaluation.py   sda.evaluate: EvaluateConfig
     store.py        ConfigStore registration and DictConfig -> validated object
 """
@@ -54,7 +55,7 @@ from sda.config.store import (
     to_run_config,
     to_train_config,
 )
-from sda.config.training import AugmentationConfig, DatasetConfig, SpectrogramConfig, TrainConfig
+from sda.config.training import DatasetConfig, TrainConfig
 
 __all__ = [
     "INTERNAL_SAMPLE_RATE",
@@ -63,7 +64,6 @@ __all__ = [
     "MIN_DURATION_S",
     "OPTIONS",
     "SAMPLE_RATES",
-    "AugmentationConfig",
     "ChunkingConfig",
     "CrossfadeChunking",
     "DatasetConfig",
@@ -83,7 +83,6 @@ __all__ = [
     "PhaseInit",
     "RunConfig",
     "Sealed",
-    "SpectrogramConfig",
     "StereoConfig",
     "TrainConfig",
     "WavExport",

@@ -1,5 +1,5 @@
-"""What every config schema shares: sealing after validation, plain dicts, and the one range,
-seed and device check each schema uses.
+"""What every config schema shares: sealing after validation, plain dicts and the range check
+(from `sda.schema`, which the run-time types use without Hydra), and the seed and device checks.
 
 Range checks run in `validate()`, which `OmegaConf.to_object` triggers through `__post_init__`;
 they never ask the hardware. Whether a device exists is checked where it is resolved, at run
@@ -9,56 +9,17 @@ that will run on a GPU node.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from enum import Enum
-from typing import Any
 
 import torch
 
 from sda.errors import ConfigError
+from sda.schema import Sealed, check_range, plain
+
+__all__ = ["MAX_SEED", "Sealed", "check_device", "check_range", "check_seed", "plain", "resolve_device"]
 
 MAX_SEED = 2**32 - 1
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-class Sealed:
-    """Dataclass mixin: `validate()` runs after `__init__`, then assignment raises."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if getattr(self, "_sealed", False):
-            raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}: configs are read-only")
-        object.__setattr__(self, name, value)
-
-    def __post_init__(self) -> None:
-        self.validate()
-        object.__setattr__(self, "_sealed", True)
-
-    def validate(self) -> None:
-        """Range checks; raise ConfigError naming the full key."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict (enums as their values; nested configs by their own to_dict)."""
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def plain(value: Any) -> Any:
-    if isinstance(value, Sealed):
-        return value.to_dict()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
-def check_range(key: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
-    ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ConfigError(key, value, f"allowed range is {bracket}{low:g}, {high:g}]")
 
 
 def check_seed(key: str, value: int) -> None:

@@ -24,6 +24,6 @@ class EvaluateConfig(Sealed):
 
     def validate(self) -> None:
         check_seed("seed", self.seed)
-        check_device("device", self.device, allow_auto=False)
+        check_device("device", self.device)
         check_range("generated_clips", self.generated_clips, 2, 10000)
         check_range("clip_s", self.clip_s, 0.5, 60.0)

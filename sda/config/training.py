@@ -1,4 +1,9 @@
-"""Schemas of `python -m sda.train`: the dataset, augmentation, spectrogram and training run."""
+"""Schemas of `python -m sda.train`: the dataset and the training run.
+
+The augmentation, spectrogram and model groups are the types the code uses at run time
+(`sda.data.windows.Augmentation`, `sda.dsp.spectrogram.SpectrogramSettings`,
+`sda.model.ModelHyperparameters`): each is a sealed dataclass that serves as its own schema.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ from omegaconf import MISSING
 
 from sda.config.base import Sealed, check_device, check_range, check_seed
 from sda.config.generation import INTERNAL_SAMPLE_RATE
+from sda.data.windows import Augmentation
+from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import ConfigError
+from sda.model import ModelHyperparameters
 
 
 @dataclass(unsafe_hash=True)
@@ -35,62 +43,18 @@ class DatasetConfig(Sealed):
 
 
 @dataclass(unsafe_hash=True)
-class AugmentationConfig(Sealed):
-    """Augmentation for tiny datasets; see sda.data.windows for why each is there."""
-
-    KEY: ClassVar[str] = "augmentation"
-    enabled: bool = True
-    jitter: bool = True
-    gain_db: float = 6.0
-    semitone_steps: tuple[int, ...] = (-2, -1, 0, 1, 2)
-    p_varispeed: float = 0.5
-
-    def validate(self) -> None:
-        object.__setattr__(self, "semitone_steps", tuple(self.semitone_steps))
-        check_range(f"{self.KEY}.gain_db", self.gain_db, 0.0, 24.0)
-        check_range(f"{self.KEY}.p_varispeed", self.p_varispeed, 0.0, 1.0)
-        for step in self.semitone_steps:
-            check_range(f"{self.KEY}.semitone_steps", step, -12, 12)
-
-
-@dataclass(unsafe_hash=True)
-class SpectrogramConfig(Sealed):
-    """Log-mel settings a model is trained with (48 kHz is the pipeline's internal rate)."""
-
-    KEY: ClassVar[str] = "spectrogram"
-    sample_rate: int = INTERNAL_SAMPLE_RATE
-    n_fft: int = 2048
-    hop_length: int = 512
-    n_mels: int = 128
-    window_s: float = 1.0
-
-    def validate(self) -> None:
-        if self.sample_rate != INTERNAL_SAMPLE_RATE:
-            raise ConfigError(
-                f"{self.KEY}.sample_rate", self.sample_rate, f"{INTERNAL_SAMPLE_RATE} (the internal rate)"
-            )
-        if self.n_fft not in (512, 1024, 2048, 4096):
-            raise ConfigError(f"{self.KEY}.n_fft", self.n_fft, "one of 512, 1024, 2048, 4096")
-        check_range(f"{self.KEY}.hop_length", self.hop_length, 64, self.n_fft // 2)
-        check_range(f"{self.KEY}.n_mels", self.n_mels, 16, 256)
-        check_range(f"{self.KEY}.window_s", self.window_s, 0.25, 4.0)
-
-
-@dataclass(unsafe_hash=True)
 class TrainConfig(Sealed):
     """`python -m sda.train`: writes `models_dir/NAME.pt`; training state lives in
     `models_dir/NAME.train/` so `resume=true` can continue an interrupted run."""
 
     name: str = MISSING
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     models_dir: str = "models"
     max_epochs: int = 400
     max_minutes: float = 14.0
     batch_size: int = 32
     learning_rate: float = 2e-3
-    latent_dim: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
     beta: float = 1.0
     kl_warmup_epochs: int = 40
     free_bits: float = 0.05
@@ -103,24 +67,21 @@ class TrainConfig(Sealed):
     overwrite: bool = False
     threads: int = 0
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    spectrogram: SpectrogramSettings = field(default_factory=SpectrogramSettings)
+    model: ModelHyperparameters = field(default_factory=ModelHyperparameters)
 
     def validate(self) -> None:
-        object.__setattr__(self, "channels", tuple(self.channels))
         if self.name != MISSING and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise ConfigError(
                 "name", self.name, "required: letters, digits, '_', '-', '.' (the model is saved as models/NAME.pt)"
             )
         check_seed("seed", self.seed)
-        check_device("device", self.device, allow_auto=False)
+        check_device("device", self.device)
         check_range("max_epochs", self.max_epochs, 1, 100000)
         check_range("max_minutes", self.max_minutes, 0.0, 10080.0, low_open=True)
         check_range("batch_size", self.batch_size, 1, 4096)
         check_range("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
-        check_range("latent_dim", self.latent_dim, 2, 1024)
-        if not self.channels or min(self.channels) < 1:
-            raise ConfigError("channels", list(self.channels), "at least one level, each >= 1")
         check_range("beta", self.beta, 0.0, 100.0)
         check_range("kl_warmup_epochs", self.kl_warmup_epochs, 0, 100000)
         check_range("free_bits", self.free_bits, 0.0, 10.0)
@@ -129,3 +90,6 @@ class TrainConfig(Sealed):
         check_range("patience", self.patience, 1, 100000)
         check_range("checkpoint_every", self.checkpoint_every, 1, 100000)
         check_range("threads", self.threads, 0, 1024)
+        if self.spectrogram.sample_rate != INTERNAL_SAMPLE_RATE:
+            key = f"{SpectrogramSettings.KEY}.sample_rate"
+            raise ConfigError(key, self.spectrogram.sample_rate, f"{INTERNAL_SAMPLE_RATE} (the internal rate)")

@@ -8,6 +8,11 @@ soundfile cannot read is skipped with a logged warning, never a crash. Hidden fi
 Clips come back as float32 mono `[samples]` at the requested rate: channels are averaged, then
 resampled with `sda.dsp.resample`. Files are read one block at a time and mixed as they arrive,
 so memory holds one mono array per file, never a whole multichannel file.
+
+File names are whatever bytes the OS holds, valid UTF-8 or not. Python hands names that are not
+as text with surrogate escapes, which no text stream (a log file, a console) can write and which
+soundfile cannot encode: files are opened by their bytes (`os.fsencode`), hashed by those bytes,
+and shown through `printable`.
 """
 
 from __future__ import annotations
@@ -113,12 +118,14 @@ def load_audio_folder(root: Path | str, sample_rate: int = 48000) -> LoadedDatas
             file_digest = _file_digest(full)
         except _Unusable as unusable:
             reason = _one_line(str(unusable))
-            log.warning("skipping %s: %s", relative, reason)
+            log.warning("skipping %s: %s", printable(relative), reason)
             skipped.append(SkippedFile(relative, reason))
             continue
         clips.append(AudioClip(relative, audio, source_rate, channels))
         # Length-free framing is unambiguous here: a path never holds NUL, a digest is fixed-size.
-        content.update(relative.as_posix().encode("utf-8") + b"\0" + file_digest)
+        # The name's own bytes: for a UTF-8 name the same as .encode("utf-8"), so hashes of such
+        # datasets are what they were.
+        content.update(os.fsencode(relative.as_posix()) + b"\0" + file_digest)
 
     if not clips:
         raise DatasetError(
@@ -141,12 +148,12 @@ def _candidate_files(root: Path) -> list[Path]:
                 continue
             relative = (here / name).relative_to(root)
             if relative == Path(MANIFEST_NAME):
-                log.debug("not reading %s: the demo corpus manifest", relative)
+                log.debug("not reading %s: the demo corpus manifest", printable(relative))
                 continue
             try:
                 is_regular = stat.S_ISREG(os.stat(here / name).st_mode)
             except OSError as error:  # a dangling link or a permission problem: not readable
-                log.warning("skipping %s: %s", relative, _one_line(str(error)))
+                log.warning("skipping %s: %s", printable(relative), _one_line(printable(str(error))))
                 continue
             if is_regular:
                 found.append(relative)
@@ -159,7 +166,7 @@ def _read_mono(path: Path, relative: Path) -> tuple[np.ndarray, int, int]:
     blocks: list[np.ndarray] = []
     nonfinite = 0
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(_soundfile_name(path)) as f:
             source_rate, channels = int(f.samplerate), int(f.channels)
             while True:
                 block = f.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
@@ -175,7 +182,7 @@ def _read_mono(path: Path, relative: Path) -> tuple[np.ndarray, int, int]:
     # libsndfile and its codecs report unreadable input in several ways (format errors, truncated
     # streams, OS errors); any of them means this one file is unusable, not that loading failed.
     except Exception as error:  # noqa: BLE001
-        raise _Unusable(f"not readable as audio ({type(error).__name__}: {error})") from None
+        raise _Unusable(f"not readable as audio ({type(error).__name__}: {printable(str(error))})") from None
     frames = sum(b.shape[0] for b in blocks)
     if frames == 0:
         raise _Unusable("empty (no audio frames)")
@@ -188,7 +195,7 @@ def _read_mono(path: Path, relative: Path) -> tuple[np.ndarray, int, int]:
                 f"{nonfinite} of {frames * channels} samples ({fraction:.1%}) are NaN or infinite; at most "
                 f"{MAX_NONFINITE_FRACTION:.0%} are repaired"
             )
-        log.warning("%s: replaced %d NaN or infinite samples with 0", relative, nonfinite)
+        log.warning("%s: replaced %d NaN or infinite samples with 0", printable(relative), nonfinite)
     audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return audio, source_rate, channels
 
@@ -213,7 +220,20 @@ def _file_digest(path: Path) -> bytes:
     try:
         return bytes.fromhex(file_sha256(path))
     except OSError as error:
-        raise _Unusable(f"could not be read again for the dataset hash ({error})") from None
+        raise _Unusable(f"could not be read again for the dataset hash ({printable(str(error))})") from None
+
+
+def printable(path: Path | str) -> str:
+    """A file name as text a UTF-8 stream (log file, console) can write: bytes that are not UTF-8 as `\\xNN`
+    (the name `caf\\xe9.wav` for the Latin-1 bytes of "café.wav"); any other name unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _soundfile_name(path: Path) -> str | bytes:
+    """The name to give soundfile. It encodes a str name strictly, which fails for a name that is
+    not valid UTF-8; libsndfile takes the OS's own bytes on POSIX. Windows names are Unicode and
+    soundfile opens a str through the wide-character call there."""
+    return os.fsencode(path) if os.name == "posix" else str(path)
 
 
 def _one_line(text: str) -> str:

@@ -35,14 +35,18 @@ import functools
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from sda.data.folder import AudioClip
+from sda.data.folder import AudioClip, printable
 from sda.dsp.resample import get_resampler
+from sda.errors import ConfigError
+from sda.schema import Sealed, check_range
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +95,9 @@ def split_by_file(
 
 
 def _split_key(seed: int, clip: AudioClip) -> bytes:
-    return hashlib.sha256(f"{int(seed)}\0{clip.path.as_posix()}".encode()).digest()
+    # The name's own bytes (os.fsencode): any name the OS holds, not only valid UTF-8, and for a
+    # UTF-8 name the same bytes as str.encode(), so existing splits stay where they were.
+    return hashlib.sha256(f"{int(seed)}\0".encode() + os.fsencode(clip.path.as_posix())).digest()
 
 
 def _split_in_time(
@@ -104,13 +110,14 @@ def _split_in_time(
         validation_samples = min(max(validation_samples, one_second), total - one_second)
     if validation_samples <= 0 or validation_samples >= total:
         log.warning(
-            "only one file (%s) and too short to split: validating on training audio (not independent)", clip.path
+            "only one file (%s) and too short to split: validating on training audio (not independent)",
+            printable(clip.path),
         )
         return [clip], []
     cut = total - validation_samples
     log.warning(
         "only one file (%s): validating on its last %.2f s, which is not independent of the training audio",
-        clip.path,
+        printable(clip.path),
         validation_samples / sample_rate,
     )
     train = AudioClip(clip.path, clip.audio[:cut], clip.source_sample_rate, clip.source_channels)
@@ -153,28 +160,32 @@ def window_starts(audio: np.ndarray, window_samples: int, hop_samples: int, sile
 # Augmentation and sampling
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """Training-time augmentation; see the module docstring for why each part is there."""
+@dataclass(unsafe_hash=True)
+class Augmentation(Sealed):
+    """Training-time augmentation; see the module docstring for why each part is there. Also the
+    `augmentation` schema of `sda.train`: sealed (read-only) once validated."""
 
+    KEY: ClassVar[str] = "augmentation"
     enabled: bool = True
     jitter: bool = True
     gain_db: float = 6.0
     semitone_steps: tuple[int, ...] = (-2, -1, 0, 1, 2)
     p_varispeed: float = 0.5
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        k = self.KEY
         steps = tuple(self.semitone_steps)
         if not steps:
-            raise ValueError("semitone_steps=(): give at least one step (0 = unchanged)")
+            raise ConfigError(f"{k}.semitone_steps", list(steps), "at least one step (0 = unchanged)")
         for step in steps:
-            if isinstance(step, bool) or int(step) != step or not -12 <= step <= 12:
-                raise ValueError(f"semitone_steps holds {step!r}: steps must be whole semitones in [-12, 12]")
+            if isinstance(step, bool) or not isinstance(step, (int, float)):
+                raise ConfigError(f"{k}.semitone_steps", list(steps), "whole semitones in [-12, 12]")
+            check_range(f"{k}.semitone_steps", step, -12, 12)
+            if int(step) != step:
+                raise ConfigError(f"{k}.semitone_steps", list(steps), "whole semitones in [-12, 12]")
         object.__setattr__(self, "semitone_steps", tuple(int(s) for s in steps))
-        if not (math.isfinite(self.gain_db) and 0.0 <= self.gain_db <= 24.0):
-            raise ValueError(f"gain_db={self.gain_db!r}: must be in [0, 24]")
-        if not 0.0 <= self.p_varispeed <= 1.0:
-            raise ValueError(f"p_varispeed={self.p_varispeed!r}: must be in [0, 1]")
+        check_range(f"{k}.gain_db", self.gain_db, 0.0, 24.0)
+        check_range(f"{k}.p_varispeed", self.p_varispeed, 0.0, 1.0)
 
     @classmethod
     def none(cls) -> Augmentation:

@@ -9,19 +9,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torchaudio
 
-from sda.errors import CheckpointError
+from sda.errors import CheckpointError, ConfigError
+from sda.schema import Sealed, check_choice, check_range
+
+N_FFTS = (512, 1024, 2048, 4096)
 
 
-@dataclass(frozen=True)
-class SpectrogramSettings:
+@dataclass(unsafe_hash=True)
+class SpectrogramSettings(Sealed):
     """Everything that decides what a log-mel frame means. Stored in every checkpoint and compared
-    on load: two settings with the same tensor shapes can still describe different sounds."""
+    on load: two settings with the same tensor shapes can still describe different sounds.
 
+    Also the `spectrogram` schema of `sda.train`: sealed (read-only, hashable) once validated."""
+
+    KEY: ClassVar[str] = "spectrogram"
     sample_rate: int = 48000
     n_fft: int = 2048
     hop_length: int = 512
@@ -35,15 +41,26 @@ class SpectrogramSettings:
     window: str = "hann"
     window_s: float = 1.0
 
-    def __post_init__(self) -> None:
-        if self.compression != "log1p":
-            raise ValueError(f"compression={self.compression!r}: only 'log1p' is implemented")
-        if self.window != "hann":
-            raise ValueError(f"window={self.window!r}: only 'hann' is implemented")
-        if self.power != 1.0:
-            raise ValueError(f"power={self.power}: only magnitude (1.0) is implemented")
-        if not 0 < self.f_max <= self.sample_rate / 2:
-            raise ValueError(f"f_max={self.f_max}: must be in (0, sample_rate/2]")
+    def validate(self) -> None:
+        k = self.KEY
+        check_range(f"{k}.sample_rate", self.sample_rate, 8000, 384000)
+        check_choice(f"{k}.n_fft", self.n_fft, N_FFTS)
+        check_range(f"{k}.hop_length", self.hop_length, 64, self.n_fft // 2)
+        check_range(f"{k}.n_mels", self.n_mels, 16, 256)
+        check_range(f"{k}.f_max", self.f_max, 0.0, 192000.0, low_open=True)
+        if self.f_max > self.sample_rate / 2:
+            # Either key may be the one to change; f_max's default suits 48 kHz, so name the rate.
+            raise ConfigError(
+                f"{k}.sample_rate", self.sample_rate, f"at least twice {k}.f_max={self.f_max:g} Hz (or lower f_max)"
+            )
+        if not 0.0 <= self.f_min < self.f_max:
+            raise ConfigError(f"{k}.f_min", self.f_min, f"allowed range is [0, f_max={self.f_max:g})")
+        check_choice(f"{k}.mel_scale", self.mel_scale, ("htk", "slaney"))
+        check_choice(f"{k}.mel_norm", self.mel_norm, (None, "slaney"))
+        check_choice(f"{k}.power", self.power, (1.0,))  # magnitude; nothing else is implemented
+        check_choice(f"{k}.compression", self.compression, ("log1p",))
+        check_choice(f"{k}.window", self.window, ("hann",))
+        check_range(f"{k}.window_s", self.window_s, 0.25, 4.0)
 
     @property
     def n_freqs(self) -> int:
@@ -58,9 +75,6 @@ class SpectrogramSettings:
     def window_frames(self) -> int:
         """Frames in one model window (centred STFT)."""
         return frames_for_samples(self.window_samples, self.hop_length)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpectrogramSettings:

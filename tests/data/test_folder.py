@@ -1,11 +1,15 @@
+import hashlib
+import io
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from sda.data.folder import load_audio_folder
+from sda.data.folder import load_audio_folder, printable
+from sda.data.windows import split_by_file
 from sda.errors import DatasetError
 
 TARGET_RATE = 48000
@@ -223,3 +227,45 @@ def test_a_folder_of_only_unreadable_files_logs_each_reason_then_raises_one_line
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert "a.wav" in warnings[0] and "b.txt" in warnings[1]
+
+
+def test_file_names_that_are_not_utf8_are_read_hashed_split_and_logged_safely(tmp_path, capsys):
+    """Names are whatever bytes the OS holds: Latin-1 'café' is not UTF-8. Python sees such a name
+    with surrogate escapes, which a UTF-8 log file cannot write and soundfile cannot encode."""
+    names = [os.fsdecode(b"caf\xe9 rain.wav"), os.fsdecode(b"n\xf8rd/wind.flac"), "plain.wav"]
+    for name, freq in zip(names, (440.0, 660.0, 880.0), strict=True):
+        audio = io.BytesIO()
+        sf.write(audio, tone(freq, TARGET_RATE, 0.5), TARGET_RATE, format="FLAC" if name.endswith("flac") else "WAV")
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(audio.getvalue())
+    broken = os.fsdecode(b"broken \xff.wav")
+    (tmp_path / broken).write_bytes(b"RIFF" + bytes(100))
+    # What Hydra's job log file is: a strict UTF-8 text stream. A record it cannot encode prints
+    # "--- Logging error ---" and a traceback on stderr.
+    log_file = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    handler = logging.StreamHandler(log_file)
+    logging.getLogger("sda").addHandler(handler)
+    try:
+        dataset = load_audio_folder(tmp_path)
+    finally:
+        logging.getLogger("sda").removeHandler(handler)
+
+    loaded = {clip.path: clip for clip in dataset.clips}
+    assert set(loaded) == {Path(n) for n in names}
+    assert peak_frequency_hz(loaded[Path(names[0])].audio, TARGET_RATE) == pytest.approx(440.0, abs=1.0)
+    ((skipped_path, reason),) = [(s.path, s.reason) for s in dataset.skipped]
+    assert skipped_path == Path(broken) and reason.startswith("not readable as audio")
+    log_file.flush()
+    logged = log_file.buffer.getvalue().decode("utf-8")
+    assert "skipping broken \\xff.wav: not readable as audio" in logged
+    assert "Logging error" not in capsys.readouterr().err
+
+    # The content hash is over each name's own bytes and each file's sha256, in sorted order.
+    expected = hashlib.sha256()
+    for clip in sorted(dataset.clips, key=lambda c: c.path.parts):
+        digest = hashlib.sha256((tmp_path / clip.path).read_bytes()).digest()
+        expected.update(os.fsencode(clip.path.as_posix()) + b"\0" + digest)
+    assert dataset.fingerprint.content_hash == expected.hexdigest()
+    train, validation = split_by_file(list(dataset.clips), 0.34, seed=0)
+    assert len(train) == 2 and len(validation) == 1
+    assert printable(Path(names[0])) == "caf\\xe9 rain.wav" and printable("café.wav") == "café.wav"

@@ -7,6 +7,7 @@ import torch
 
 from sda.data.folder import AudioClip
 from sda.data.windows import Augmentation, WindowSampler, speed_ratio, split_by_file, window_starts
+from sda.errors import ConfigError
 
 RATE = 48000
 
@@ -306,7 +307,7 @@ def test_augmentation_settings_are_validated_and_none_disables_everything():
         {"semitone_steps": ()},
         {"semitone_steps": (0.5,)},
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError, match=f"augmentation.{next(iter(bad))}="):
             Augmentation(**bad)
 
 
