@@ -8,8 +8,10 @@ pins three libraries before their first computation:
 - MKL (torch's CPU FFTs and matrix products): conditional numerical reproducibility set to
   COMPATIBLE through the function torch exports. On AVX-512 Intel processors MKL's FFT otherwise
   takes code paths that depend on the number of transforms in a call, so an item made alone
-  differs from the same item made in a batch (by up to 3e-4 after Griffin-Lim). COMPATIBLE is
-  the only branch that is the same on Intel and AMD: AVX2 and AVX512 are refused on AMD.
+  differs from the same item made in a batch (by up to 1.6e-3 after Griffin-Lim, measured on a
+  Xeon). COMPATIBLE is the only branch that is the same on Intel and AMD: AVX2 and AVX512 are
+  refused on AMD. It costs speed: its float64 matrix products (the decoder) run at about half
+  speed (`python -m sda.bench`).
 - ATen's vectorised kernels: `ATEN_CPU_CAPABILITY=avx2` (AVX-512 kernels sum in another order).
 - oneDNN's kernels: `ONEDNN_MAX_CPU_ISA=AVX2`.
 
@@ -122,7 +124,7 @@ def pin_cpu_numerics() -> list[str]:
         MKL_VARIABLE: _user_setting(MKL_VARIABLE, MKL_PIN),
         ATEN_VARIABLE: _user_setting(ATEN_VARIABLE, ATEN_PIN, case_sensitive=True),
         ONEDNN_VARIABLE: _user_setting(ONEDNN_VARIABLE, ONEDNN_PIN)
-        or (os.environ.get(ONEDNN_OLD_VARIABLE) if ONEDNN_VARIABLE not in os.environ else None),
+        or (_user_setting(ONEDNN_OLD_VARIABLE, ONEDNN_PIN) if ONEDNN_VARIABLE not in os.environ else None),
     }
     for variable, value in overrides.items():
         if value is not None:
@@ -149,6 +151,7 @@ def pin_cpu_numerics() -> list[str]:
             problems.append(f"MKL ran before sda was imported (branch {mkl_branch()})")
         elif code != MKL_CBWR_SUCCESS:
             problems.append(f"MKL refused the COMPATIBLE branch (code {code})")
+            advice.append(f"set {MKL_VARIABLE}={MKL_PIN} before starting Python")
     # The capability is fixed at ATen's first dispatch; if ops ran before this, it stays as it was.
     capability = torch.backends.cpu.get_cpu_capability()
     if has_avx2 and overrides[ATEN_VARIABLE] is None and capability != ATEN_PINNED_CAPABILITY:
