@@ -120,31 +120,33 @@ def pin_cpu_numerics() -> list[str]:
     if not _pin.applicable:
         return []
     problems, advice = [], []
+    # A user's own setting per pin, by the variable that holds it (oneDNN's may use its old name).
+    onednn_name = ONEDNN_VARIABLE if ONEDNN_VARIABLE in os.environ else ONEDNN_OLD_VARIABLE
     overrides = {
-        MKL_VARIABLE: _user_setting(MKL_VARIABLE, MKL_PIN),
-        ATEN_VARIABLE: _user_setting(ATEN_VARIABLE, ATEN_PIN, case_sensitive=True),
-        ONEDNN_VARIABLE: _user_setting(ONEDNN_VARIABLE, ONEDNN_PIN)
-        or (_user_setting(ONEDNN_OLD_VARIABLE, ONEDNN_PIN) if ONEDNN_VARIABLE not in os.environ else None),
+        MKL_VARIABLE: (MKL_VARIABLE, _user_setting(MKL_VARIABLE, MKL_PIN)),
+        ATEN_VARIABLE: (ATEN_VARIABLE, _user_setting(ATEN_VARIABLE, ATEN_PIN, case_sensitive=True)),
+        ONEDNN_VARIABLE: (onednn_name, _user_setting(onednn_name, ONEDNN_PIN)),
     }
-    for variable, value in overrides.items():
+    for name, value in overrides.values():
         if value is not None:
-            problems.append(f"{variable}={value} is set")
-            advice.append(f"unset {variable}")
+            problems.append(f"{name}={value} is set")
+            advice.append(f"unset {name}")
+    overridden = {variable for variable, (_, value) in overrides.items() if value is not None}
     # ATen's AVX2 kernels would stop a processor without AVX2 (and FMA) with an illegal
     # instruction: leave ATen to choose there.
     has_avx2 = bool(torch.cpu._is_avx2_supported())
     if not has_avx2:
         problems.append("this processor has no AVX2")
-    if overrides[MKL_VARIABLE] is None:
+    if MKL_VARIABLE not in overridden:
         os.environ[MKL_VARIABLE] = MKL_PIN
-    if overrides[ATEN_VARIABLE] is None and has_avx2:
+    if ATEN_VARIABLE not in overridden and has_avx2:
         os.environ[ATEN_VARIABLE] = ATEN_PIN
-    if overrides[ONEDNN_VARIABLE] is None:
+    if ONEDNN_VARIABLE not in overridden:
         os.environ[ONEDNN_VARIABLE] = ONEDNN_PIN
 
     ran_before = False
     _pin.mkl = _mkl_cbwr_functions()
-    if _pin.mkl is not None and overrides[MKL_VARIABLE] is None:
+    if _pin.mkl is not None and MKL_VARIABLE not in overridden:
         code = _pin.mkl[0](MKL_CBWR_COMPATIBLE)
         if code == MKL_CBWR_ERR_MODE_CHANGE_FAILURE:
             ran_before = True
@@ -154,7 +156,7 @@ def pin_cpu_numerics() -> list[str]:
             advice.append(f"set {MKL_VARIABLE}={MKL_PIN} before starting Python")
     # The capability is fixed at ATen's first dispatch; if ops ran before this, it stays as it was.
     capability = torch.backends.cpu.get_cpu_capability()
-    if has_avx2 and overrides[ATEN_VARIABLE] is None and capability != ATEN_PINNED_CAPABILITY:
+    if has_avx2 and ATEN_VARIABLE not in overridden and capability != ATEN_PINNED_CAPABILITY:
         ran_before = True
         problems.append(f"torch ran before sda was imported (ATen capability {capability})")
     if ran_before:
