@@ -6,6 +6,9 @@ result = pipeline.generate([7])[0]
 save_result(result, "renders")
 """
 
+# First, before any of sda computes anything: pins CPU numerics (see sda.numerics). Plain
+# imports sort before `from` imports, so it stays first.
+import sda.numerics  # noqa: F401
 from sda.config import GenerationConfig
 from sda.model import load_model
 from sda.outputs import save_result

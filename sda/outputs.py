@@ -35,6 +35,7 @@ import soundfile as sf
 from sda.config import GenerationConfig
 from sda.encode import EXTENSIONS, EncodedAudio, encode_audio
 from sda.files import TEMP_GLOB, file_sha256, write_atomic, write_json_atomic
+from sda.numerics import numerics_status
 from sda.pipeline import GenerationResult
 from sda.versions import sda_version, versions
 
@@ -186,6 +187,8 @@ def sidecar_record(
         "elapsed_s": result.elapsed_s,
         "timings_s": result.timings_s,
         "quality": result.metrics.to_dict(),
+        # what decides the audio's last bits here: device, CPU pin, threads (see sda.numerics)
+        "numerics": numerics_status(result.device),
         **versions(),
         **(extra or {}),
     }

@@ -25,14 +25,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
 
-from sda.config import OPTIONS, GenerationConfig, ModelConfig, PhaseConfig
+from sda.config import OPTIONS, GenerationConfig, ModelConfig, PhaseConfig, resolve_device
+from sda.dsp.difference import log_spectral_distance_db, peak_difference_dbfs
 from sda.entry import parse_command_line
 from sda.errors import ConfigError
 from sda.files import write_json_atomic
+from sda.numerics import expected_agreement, numerics_status
 from sda.outputs import read_sidecar
 from sda.preflight import Plan
 
@@ -383,18 +387,48 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix[:-1]]
 
 
-def compare_with_original(original: dict[str, Any], made: dict[str, Any], made_name: str) -> None:
-    """Log whether a reproduce= job made the output its sidecar describes."""
+def reproduction_promise(original: dict[str, Any], device: str) -> str:
+    """One line on what reproducing this sidecar here promises (the determinism contract)."""
+    made_with = original.get("numerics") or {}
+    bound = expected_agreement(made_with, numerics_status(resolve_device(device)))
+    if bound is None:
+        return "the original was made on a pinned CPU, as this run is: expect the same bytes"
+    where = made_with.get("gpu") or made_with.get("device_kind") or "an unrecorded device"
+    return (
+        f"the original was made on {where}, this run on {device}: expect the same sound, not the same bytes ({bound})"
+    )
+
+
+def compare_with_original(original: dict[str, Any], original_path: Path, made: dict[str, Any], made_path: Path) -> None:
+    """Log whether a reproduce= job made the output its sidecar describes; where the bytes
+    differ, measure by how much when the original audio sits beside its sidecar."""
+    made_name = made["file"]["name"]
     changed = differences(original.get("identity_parameters", {}), made.get("identity_parameters", {}))
     name = original.get("file", {}).get("name", "the original")
     if changed:
         level = logging.WARNING if "checkpoint_sha256" in changed else logging.INFO
         log.log(level, "%s differs from %s in %s", made_name, name, ", ".join(changed))
-    elif made.get("file", {}).get("sha256") == original.get("file", {}).get("sha256"):
+        return
+    if made.get("file", {}).get("sha256") == original.get("file", {}).get("sha256"):
         log.info("reproduced %s exactly: %s has the same identity and audio bytes", name, made_name)
+        return
+    bound = expected_agreement(original.get("numerics"), made.get("numerics") or {})
+    measured = _measured_difference(made_path.parent / made_name, original_path.parent / name)
+    if bound is None:
+        log.warning("%s: same identity as %s, other bytes (%s); other library versions?", made_name, name, measured)
     else:
-        log.warning(
-            "%s has the identity of %s but other audio bytes (made on another device, or with other library versions?)",
-            made_name,
-            name,
+        log.info(
+            "%s: same identity as %s, other bytes as the contract allows (%s; %s)", made_name, name, bound, measured
         )
+
+
+def _measured_difference(made: Path, original: Path) -> str:
+    try:
+        a, _ = sf.read(str(made), dtype="float32", always_2d=True)
+        b, _ = sf.read(str(original), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, sf.LibsndfileError):
+        return "the original audio is not beside its sidecar to measure"
+    if a.shape != b.shape:
+        return f"shapes differ: {a.shape} and {b.shape}"
+    x, y = torch.from_numpy(a.T.copy()), torch.from_numpy(b.T.copy())
+    return f"measured {peak_difference_dbfs(x, y):.1f} dBFS peak, {log_spectral_distance_db(x, y):.3f} dB log-spectral"

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd
@@ -37,7 +36,13 @@ from sda.locking import check_unlocked, folder_lock
 from sda.model import resolve_checkpoint
 from sda.outputs import read_sidecar
 from sda.preflight import Plan, plan
-from sda.replay import compare_with_original, expand_command_line, recorded_command, write_command
+from sda.replay import (
+    compare_with_original,
+    expand_command_line,
+    recorded_command,
+    reproduction_promise,
+    write_command,
+)
 from sda.runner import JobOutcome, check_output_folder, estimate_output_bytes, run_job, write_outcome
 from sda.summary import finish_run
 
@@ -66,8 +71,6 @@ def run_from_hydra(cfg: DictConfig) -> None:
             "output_dir": str(output_dir),
             "choices": dict(hydra_cfg.runtime.choices),
         },
-        # The audio's last bits can depend on the CPU thread count: worth knowing to reproduce it.
-        "torch_threads": torch.get_num_threads(),
     }
     try:
         config = to_run_config(cfg)
@@ -84,12 +87,13 @@ def run_from_hydra(cfg: DictConfig) -> None:
             "identity": original.get("identity"),
             "sha256": original.get("file", {}).get("sha256"),
         }
+        log.info("reproducing %s: %s", Path(config.reproduce).name, reproduction_promise(original, config.device))
     outcome = run_job(config, output_dir, Path(get_original_cwd()), overrides, extra, run_token=token, job_num=job_num)
     if original is not None:
         for item in outcome.items:
             if item.sidecar is not None:
                 made = read_sidecar(output_dir / item.sidecar)
-                compare_with_original(original, made, item.file or item.sidecar)
+                compare_with_original(original, Path(config.reproduce), made, output_dir / item.sidecar)
 
 
 def preflight(argv: list[str]) -> tuple[Plan, list[str]]:

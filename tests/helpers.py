@@ -14,9 +14,11 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -113,6 +115,49 @@ TINY_MODEL = [
     "kl_warmup_epochs=2",
     "patience=50",
 ]
+
+
+def assert_batch_consistency(
+    fn: Callable[[Any], Sequence[Any]],
+    items: Any,
+    *,
+    batch_output: Sequence[Any] | None = None,
+    indices: Iterable[int] | None = None,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+) -> Sequence[Any]:
+    """`fn` run on a batch gives each item what it gives that item alone, in the manner of
+    torchaudio's `assert_batch_consistency`.
+
+    `fn(items)` returns one output per item, indexed like `items` (a tensor's rows or a list), an
+    output being a tensor, an array, a number or a dict or list of them. For each index (all by
+    default), `fn(items[i : i + 1])[0]` must equal `batch_output[i]` within atol + rtol * |alone|,
+    exactly by default. `batch_output` is `fn(items)` unless given (a batch made once and shared
+    by several tests). Returns the batch output."""
+    if batch_output is None:
+        batch_output = fn(items)
+    for i in range(len(items)) if indices is None else indices:
+        alone = fn(items[i : i + 1])
+        assert len(alone) == 1, f"fn gave {len(alone)} outputs for one item"
+        _assert_same(alone[0], batch_output[i], atol, rtol, f"item {i}")
+    return batch_output
+
+
+def _assert_same(alone: Any, batched: Any, atol: float, rtol: float, where: str) -> None:
+    if isinstance(alone, dict):
+        assert alone.keys() == batched.keys(), f"{where}: keys differ"
+        for key in alone:
+            _assert_same(alone[key], batched[key], atol, rtol, f"{where}[{key!r}]")
+    elif alone is None or isinstance(alone, str | bool):
+        assert alone == batched, f"{where} alone is {alone!r}, in the batch {batched!r}"
+    else:
+        torch.testing.assert_close(
+            alone,
+            batched,
+            atol=atol,
+            rtol=rtol,
+            msg=lambda detail: f"{where} alone differs from {where} in the batch: {detail}",
+        )
 
 
 def has_cuda() -> bool:

@@ -62,6 +62,7 @@ def summary_line(output: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.determinism
 def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(tmp_path):
     # Batches of three: the kill lands inside a batch, and the rerun makes only its missing items,
     # which must come out as they did inside the uninterrupted run's batch.
@@ -313,6 +314,7 @@ def test_launchers_make_the_same_job_folders_and_summary(tmp_path, launcher):
 
 
 @pytest.mark.slow
+@pytest.mark.determinism
 def test_reproduce_makes_the_same_audio_bytes_and_takes_overrides(tmp_path, caplog):
     source = tmp_path / "source"
     # Made in a batch of three, reproduced alone: an item's audio must not depend on its batch.

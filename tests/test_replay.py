@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from sda.errors import ConfigError
-from sda.replay import COMMAND_FILE, reproduce_overrides, resume_command
+from sda.numerics import GPU_VS_CPU, numerics_status
+from sda.replay import COMMAND_FILE, reproduce_overrides, reproduction_promise, resume_command
 from sda.run import main as run_main
 from tests.helpers import compose_run, sda_run
 
@@ -161,3 +162,14 @@ def test_resume_replays_the_record_into_its_folder_and_later_overrides_win(tmp_p
     assert command[0] == f"hydra.run.dir={folder.absolute()}"
     config = compose_run(*command[1:])
     assert (config.duration_s, config.count, config.stereo.width, config.seed) == (0.5, 2, 1.0, 7)
+
+
+def test_reproduce_says_in_one_line_what_it_promises_for_the_device_that_made_the_original():
+    made_on_gpu = {"numerics": {"device_kind": "cuda", "gpu": "NVIDIA H200", "pinned": True}}
+    line = reproduction_promise(made_on_gpu, "cpu")
+    assert line.startswith("the original was made on NVIDIA H200, this run on cpu: expect the same sound, not the same")
+    assert str(GPU_VS_CPU) in line and "\n" not in line
+    made_on_cpu = {"numerics": numerics_status("cpu")}
+    assert reproduction_promise(made_on_cpu, "cpu").endswith("expect the same bytes")
+    # a render made before numerics were recorded promises no more than another device does
+    assert str(GPU_VS_CPU) in reproduction_promise({}, "cpu")

@@ -9,6 +9,7 @@ import torch
 
 from sda.dsp.phase import griffin_lim, inverse_mel, locked_phase, spectral_convergence
 from sda.dsp.spectrogram import SpectrogramSettings, mel_filterbank, mel_magnitude, stft
+from tests.helpers import assert_batch_consistency
 
 SETTINGS = SpectrogramSettings()
 SR = SETTINGS.sample_rate
@@ -51,25 +52,24 @@ def test_locked_start_with_8_iterations_beats_random_start_with_32(vibrato_hz):
     assert spectral_convergence(locked, mag, SETTINGS) < spectral_convergence(random, mag, SETTINGS)
 
 
+@pytest.mark.determinism
 def test_griffin_lim_gives_each_item_the_same_audio_alone_or_in_a_batch():
     g = torch.Generator().manual_seed(3)
     mags = stft(0.3 * torch.randn(4, SR // 2, generator=g), SETTINGS).abs()
-    batch = griffin_lim(mags, SETTINGS, SR // 2, iterations=6, init="locked")
-    for i in range(4):
-        alone = griffin_lim(mags[i : i + 1], SETTINGS, SR // 2, iterations=6, init="locked")
-        assert torch.equal(batch[i], alone[0])
+    assert_batch_consistency(lambda m: griffin_lim(m, SETTINGS, SR // 2, iterations=6, init="locked"), mags)
 
 
+@pytest.mark.determinism
 def test_random_start_depends_on_the_items_generator_not_the_batch():
     mags = stft(0.3 * torch.randn(2, SR // 4, generator=torch.Generator().manual_seed(0)), SETTINGS).abs()
-    gens = lambda: [torch.Generator().manual_seed(11), torch.Generator().manual_seed(12)]  # noqa: E731
-    batch = griffin_lim(mags, SETTINGS, SR // 4, iterations=2, init="random", generators=gens())
-    alone = griffin_lim(
-        mags[1:], SETTINGS, SR // 4, iterations=2, init="random", generators=[torch.Generator().manual_seed(12)]
-    )
-    assert torch.equal(batch[1], alone[0])
+
+    def reconstruct(indices: list[int]) -> torch.Tensor:
+        generators = [torch.Generator().manual_seed(11 + i) for i in indices]
+        return griffin_lim(mags[indices], SETTINGS, SR // 4, iterations=2, init="random", generators=generators)
+
+    assert_batch_consistency(reconstruct, [0, 1])
     with pytest.raises(ValueError):
-        griffin_lim(mags, SETTINGS, SR // 4, iterations=1, init="random", generators=gens()[:1])
+        griffin_lim(mags, SETTINGS, SR // 4, iterations=1, init="random", generators=[torch.Generator()])
 
 
 def test_locked_phase_shape_and_range():

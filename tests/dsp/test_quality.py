@@ -12,6 +12,7 @@ from sda.dsp.quality import (
     measure_quality,
     measure_quality_batch,
 )
+from tests.helpers import assert_batch_consistency
 
 SAMPLE_RATE = 48000
 
@@ -167,6 +168,7 @@ def test_steady_signals_read_near_0_db_snr_but_still_rate_green():
         assert (m.rating, m.rating_reason) == ("green", "all checks passed")
 
 
+@pytest.mark.determinism
 def test_batch_measures_each_item_like_single_measurement():
     items = torch.stack(
         [
@@ -175,11 +177,10 @@ def test_batch_measures_each_item_like_single_measurement():
             torch.stack([noise(SAMPLE_RATE, -30.0, 1), noise(SAMPLE_RATE, -30.0, 2)]).float(),
         ]
     )
-    batch = measure_quality_batch(items, SAMPLE_RATE)
+    batch = assert_batch_consistency(lambda x: [m.to_dict() for m in measure_quality_batch(x, SAMPLE_RATE)], items)
     assert len(batch) == 3
     for got, item in zip(batch, items, strict=True):
-        single = measure_quality(item, SAMPLE_RATE)
-        assert got.to_dict() == pytest.approx(single.to_dict(), abs=1e-6)
+        assert got == measure_quality(item, SAMPLE_RATE).to_dict()
 
 
 def test_measure_quality_rejects_wrong_shapes():
