@@ -10,7 +10,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sda.config.evaluation import EvaluateConfig
+from sda.config.evaluation import EvaluateConfig, SuiteConfig
 from sda.config.generation import ChunkingConfig, ExportConfig, ModelConfig, RunConfig, StereoConfig
 from sda.config.training import DatasetConfig, TrainConfig
 from sda.errors import ConfigError
@@ -97,3 +97,4 @@ def register_configs() -> None:
     cs.store(group="stereo", name="schema", node=StereoConfig)
     cs.store(group="export", name="schema", node=ExportConfig)
     cs.store(group="dataset", name="schema", node=DatasetConfig)
+    cs.store(group="suite", name="schema", node=SuiteConfig)
