@@ -10,7 +10,7 @@ Subjects (each a set of clips of `clip_s`, mono, or windows for reconstruction):
 - copy: reference (training) audio played back: clips cut at random places from the reference
   files' non-silent 1 s windows laid end to end. What a model that memorised would score.
 - held_out: real audio the model never saw: the held-out files' non-silent windows laid end to
-  end and cut into consecutive clips. The real-data floor: what reality scores.
+  end, covered by evenly spaced clips. The real-data floor: what reality scores.
 
 Figures (lower is better for the first four; for the last two see below):
 
@@ -94,6 +94,7 @@ MODULATION_BANDS = 8
 MODULATION_EDGES_HZ = (0.5, 2.0, 4.0, 8.0, 16.0, 64.0)  # the last band runs to the frame rate's Nyquist
 MODULATION_FLOOR = 1e-3  # log-mel units; keeps the log finite on steady bands
 MODULATION_HOP_FRACTION = 0.25  # segments of one model window, this fraction of it apart
+MODULATION_DIMS = MODULATION_BANDS * (len(MODULATION_EDGES_HZ) - 1)
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,10 @@ class Target:
     figure: str
     comparison: str  # ">=" or "<="
     threshold: float
+    only_on_training_corpus: bool = False  # meaningless on a corpus the model never saw
 
-    def met(self, value: float | None) -> bool | None:
-        if value is None:
+    def met(self, value: float | None, trained_on_corpus: bool) -> bool | None:
+        if value is None or (self.only_on_training_corpus and not trained_on_corpus):
             return None
         return value >= self.threshold if self.comparison == ">=" else value <= self.threshold
 
@@ -113,7 +115,7 @@ class Target:
 TARGETS = (
     Target("frechet_gap_closed", ">=", 0.75),
     Target("model_reconstruction_spectral_convergence", "<=", 0.6),
-    Target("nearest_training_ratio", ">=", 1.0),
+    Target("nearest_training_ratio", ">=", 1.0, only_on_training_corpus=True),
 )
 
 
@@ -124,10 +126,12 @@ TARGETS = (
 @dataclass
 class Evaluation:
     """One corpus: `figures[subject][figure]` (None where a figure does not apply), the summary
-    (gap shares, ratio, the target figures) and every detail of the run."""
+    (gap shares, ratio, the target figures), whether the model was trained on this corpus, and
+    every detail of the run."""
 
     figures: dict[str, dict[str, float | None]]
     summary: dict[str, float | None]
+    trained_on_corpus: bool
     details: dict[str, Any]
 
     def beats_baselines(self) -> dict[str, bool]:
@@ -141,11 +145,14 @@ class Evaluation:
         }
 
     def targets(self) -> dict[str, dict[str, Any]]:
-        return {
-            t.figure: {"target": f"{t.comparison} {t.threshold:g}", "value": self.summary[t.figure], "met": t.met(v)}
-            for t in TARGETS
-            for v in [self.summary[t.figure]]
-        }
+        """Each target's threshold, value and whether it is met (None: not measured or, for the
+        copying target, not meaningful on a corpus the model never saw)."""
+        targets = {}
+        for t in TARGETS:
+            value = self.summary[t.figure]
+            met = t.met(value, self.trained_on_corpus)
+            targets[t.figure] = {"target": f"{t.comparison} {t.threshold:g}", "value": value, "met": met}
+        return targets
 
     def table(self) -> str:
         width = max(len(f) for f in FIGURES) + 2
@@ -157,13 +164,20 @@ class Evaluation:
         s = self.summary
         rows.append(
             "share of the shaped-noise-to-held-out gap the model closes: "
-            f"frame Fréchet {_share(s['frechet_gap_closed'])}, "
-            f"modulation Fréchet {_share(s['modulation_frechet_gap_closed'])}"
+            f"frame Fréchet {self._gap_text('frechet_distance', 'frechet_gap_closed')}, "
+            f"modulation Fréchet {self._gap_text('modulation_frechet_distance', 'modulation_frechet_gap_closed')}"
+        )
+        meaning = (
+            "below 1: the model's clips lie nearer the training audio than new real audio does"
+            if self.trained_on_corpus
+            else "the model never saw this corpus: a distance from it, not a sign of copying"
         )
         rows.append(
-            f"nearest training window, model / held-out real: {_number(s['nearest_training_ratio'])} "
-            "(below 1: the model's clips lie nearer the training audio than new real audio does)"
+            f"nearest training window, model / held-out real: {_number(s['nearest_training_ratio'])} ({meaning})"
         )
+        caution = self.floor_caution()
+        if caution:
+            rows.append(f"caution: {caution}")
         rows.append(
             "targets: "
             + ", ".join(
@@ -172,11 +186,31 @@ class Evaluation:
         )
         return "\n".join(rows)
 
+    def floor_caution(self) -> str | None:
+        """Why the floor is unreliable, when the held-out audio gives fewer modulation segments than
+        a modulation spectrum has values (the covariance is then rank-deficient)."""
+        held_out = self.details.get("samples", {}).get("held_out")
+        if held_out is None or held_out["modulation_segments"] >= MODULATION_DIMS:
+            return None
+        return (
+            f"the floor rests on {self.details['dataset']['held_out_s']:.1f} s of held-out audio, "
+            f"{held_out['modulation_segments']} modulation segments for {MODULATION_DIMS} values: "
+            "its modulation Fréchet distance is unreliable"
+        )
+
+    def _gap_text(self, figure: str, gap: str) -> str:
+        floor, noise = self.figures["held_out"][figure], self.figures["shaped_noise"][figure]
+        if self.summary[gap] is None and floor is not None and noise is not None:
+            return "undefined (held-out real audio is no nearer than shaped noise)"
+        return _share(self.summary[gap])
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "trained_on_corpus": self.trained_on_corpus,
             "figures": self.figures,
             "summary": self.summary,
             "targets": self.targets(),
+            "floor_caution": self.floor_caution(),
             "beats_baselines": self.beats_baselines(),
             **self.details,
         }
@@ -209,13 +243,21 @@ class SuiteEvaluation:
         rows = [top, head]
         for name, evaluation in self.corpora.items():
             f, s = evaluation.figures, evaluation.summary
-            row = f"{name:{name_width}s}{_yes(evaluation.details['split']['trained_on_this_corpus']):>8s}"
+            row = f"{name:{name_width}s}{_yes(evaluation.trained_on_corpus):>8s}"
             for _, subjects, figure, gap in columns:
                 row += "".join(_cell(f[subject][figure], 9, 2) for subject in subjects) + f"{_share(s[gap]):>9s}"
             row += _cell(f["model"]["reconstruction_spectral_convergence"], 12)
             row += _cell(f["model"]["nearest_training_db"], 9, 2) + _cell(f["held_out"]["nearest_training_db"], 10, 2)
             row += _cell(f["copy"]["nearest_training_db"], 9, 2)
             rows.append(row)
+        for name, evaluation in self.corpora.items():
+            if evaluation.floor_caution():
+                rows.append(f"caution ({name}): {evaluation.floor_caution()}")
+        models = {name: e.details["model"]["name"] for name, e in self.corpora.items()}
+        if len(set(models.values())) == 1:
+            rows.append(f"model: {next(iter(models.values()))} on every corpus")
+        else:
+            rows.append("models: " + ", ".join(f"{model} on {name}" for name, model in models.items()))
         rows.append(
             "floor: held-out real audio; closed: share of the shaped-noise-to-floor gap the model closes; "
             "trained: the model was trained on this corpus"
@@ -290,13 +332,13 @@ def log_mel_frames(log_mels: torch.Tensor) -> torch.Tensor:
 
 
 def modulation_features(log_mels: torch.Tensor, settings: SpectrogramSettings) -> torch.Tensor:
-    """Modulation spectra `[segments, MODULATION_BANDS * (len(MODULATION_EDGES_HZ) - 1)]` of
+    """Modulation spectra `[segments, MODULATION_DIMS]` of
     `[N, n_mels, frames]` log-mels: segments of `settings.window_frames` frames every
     MODULATION_HOP_FRACTION of that; per pooled band, the log RMS fluctuation (log-mel units) in
     each modulation band. Clips shorter than a segment give none."""
     segment = settings.window_frames
     if log_mels.shape[-1] < segment:
-        return torch.zeros(0, MODULATION_BANDS * (len(MODULATION_EDGES_HZ) - 1))
+        return torch.zeros(0, MODULATION_DIMS)
     pooled = torch.nn.functional.adaptive_avg_pool1d(log_mels.transpose(-1, -2), MODULATION_BANDS)  # [N, T, B]
     hop = max(1, round(segment * MODULATION_HOP_FRACTION))
     segments = pooled.transpose(-1, -2).unfold(-1, segment, hop)  # [N, B, S, segment]
@@ -393,12 +435,13 @@ def copy_clips(stream: torch.Tensor, count: int, clip_samples: int, seed: int) -
     return torch.stack([stream[s : s + clip_samples] for s in starts.tolist()])
 
 
-def consecutive_clips(stream: torch.Tensor, clip_samples: int) -> torch.Tensor:
-    """`[n, clip_samples]`: the stream cut into consecutive clips (at least one; the remainder that
-    does not fill a clip is dropped, a stream shorter than a clip is repeated)."""
+def covering_clips(stream: torch.Tensor, clip_samples: int) -> torch.Tensor:
+    """`[n, clip_samples]`: the fewest clips, evenly spaced, that together cover every sample of the
+    stream (neighbours overlap by less than a clip; a stream shorter than a clip is repeated)."""
     stream = _at_least(stream, clip_samples)
-    count = stream.shape[0] // clip_samples
-    return stream[: count * clip_samples].reshape(count, clip_samples)
+    count = math.ceil(stream.shape[0] / clip_samples)
+    starts = torch.linspace(0, stream.shape[0] - clip_samples, count).round().long()
+    return torch.stack([stream[s : s + clip_samples] for s in starts.tolist()])
 
 
 def _at_least(stream: torch.Tensor, samples: int) -> torch.Tensor:
@@ -536,7 +579,7 @@ def evaluate_corpus(
         ),
     }
     if held_out_stream.shape[0]:
-        clips["held_out"] = consecutive_clips(held_out_stream, clip_samples)
+        clips["held_out"] = covering_clips(held_out_stream, clip_samples)
 
     figures: dict[str, dict[str, float | None]] = {s: dict.fromkeys(FIGURES) for s in SUBJECTS}
     _reconstruction(figures, generated, reconstruction_windows, average_magnitude, cfg)
@@ -545,12 +588,14 @@ def evaluate_corpus(
     reference_modulation = gaussian(modulation_features(reference_log_mels, settings))
     index = NoveltyIndex.build(((c.path.as_posix(), c.audio) for c in split.reference), silence_dbfs=silence)
     nearest: dict[str, list[dict[str, Any] | None]] = {}
+    samples = {"reference": {"frames": reference_log_mels.shape[0] * reference_log_mels.shape[-1]}}
+    samples["reference"]["modulation_segments"] = reference_windows.shape[0]
     for subject, subject_clips in clips.items():
         log_mels = feature_log_mels(subject_clips.to(device), settings)
-        figures[subject]["frechet_distance"] = _frechet_or_none(gaussian(log_mel_frames(log_mels)), reference_frames)
-        figures[subject]["modulation_frechet_distance"] = _frechet_or_none(
-            gaussian(modulation_features(log_mels, settings)), reference_modulation
-        )
+        frames, modulation = log_mel_frames(log_mels), modulation_features(log_mels, settings)
+        samples[subject] = {"frames": frames.shape[0], "modulation_segments": modulation.shape[0]}
+        figures[subject]["frechet_distance"] = _frechet_or_none(gaussian(frames), reference_frames)
+        figures[subject]["modulation_frechet_distance"] = _frechet_or_none(gaussian(modulation), reference_modulation)
         found = [index.nearest(clip) for clip in subject_clips]
         figures[subject].update(_nearest_figures(found))
         nearest[subject] = [n.to_dict() if n is not None else None for n in found]
@@ -582,6 +627,7 @@ def evaluate_corpus(
         },
         "split": split.description,
         "subject_clips": {s: int(c.shape[0]) for s, c in clips.items()},
+        "samples": samples,  # frames and modulation segments behind each subject's Gaussian
         "nearest_training_windows": nearest,
         "novelty_index": {"windows": len(index), "bytes": index.nbytes, "fingerprint": settings_dict()},
         "near_copy_db": NEAR_COPY_DB,
@@ -598,7 +644,8 @@ def evaluate_corpus(
         },
         **versions(),
     }
-    return Evaluation(figures=figures, summary=summary, details=details)
+    trained_on = split.description["trained_on_this_corpus"]
+    return Evaluation(figures=figures, summary=summary, trained_on_corpus=trained_on, details=details)
 
 
 def _reconstruction(
@@ -646,24 +693,32 @@ def evaluate_model(cfg: EvaluateConfig, base_dir: Path) -> Evaluation:
 
 
 def evaluate_suite(cfg: EvaluateConfig, base_dir: Path) -> SuiteEvaluation:
-    """Every corpus of `cfg.suite`, with one model and one set of generated clips. Every corpus is
-    loaded before anything is generated, so a missing one fails first."""
+    """Every corpus of `cfg.suite`, each with its own checkpoint or `cfg.model`'s; each model's
+    clips are generated once. Every model and corpus is loaded before anything is generated, so a
+    missing one fails first."""
     if not cfg.suite.corpora:
         raise DatasetError("suite.corpora is empty: choose a suite (suite=dev) or name corpora")
     device = resolve_device(cfg.device)
-    model = load_model(resolve_checkpoint(cfg.model.checkpoint, base_dir), device)
+    checkpoints = {name: corpus.checkpoint or cfg.model.checkpoint for name, corpus in cfg.suite.corpora.items()}
+    models = {
+        checkpoint: load_model(resolve_checkpoint(checkpoint, base_dir), device)
+        for checkpoint in dict.fromkeys(checkpoints.values())
+    }
     datasets = {
-        name: load_corpus(corpus, base_dir, model.settings.sample_rate, key=f"suite.corpora.{name}")
+        name: load_corpus(corpus, base_dir, models[checkpoints[name]].settings.sample_rate, f"suite.corpora.{name}")
         for name, corpus in cfg.suite.corpora.items()
     }
-    generated = generate_subjects(model, cfg, device)
+    generated = {checkpoint: generate_subjects(model, cfg, device) for checkpoint, model in models.items()}
     results = {}
     for name, corpus in cfg.suite.corpora.items():
         log.info("evaluating on %s", name)
-        results[name] = evaluate_corpus(generated, datasets[name], corpus, cfg)
+        results[name] = evaluate_corpus(generated[checkpoints[name]], datasets[name], corpus, cfg)
     details = {
         "suite": {name: corpus.to_dict() for name, corpus in cfg.suite.corpora.items()},
-        "model": {"name": model.name, "path": str(model.path), "sha256": model.sha256},
+        "models": {
+            checkpoint: {"name": model.name, "path": str(model.path), "sha256": model.sha256}
+            for checkpoint, model in models.items()
+        },
         "generated_clips": cfg.generated_clips,
         "clip_s": cfg.clip_s,
         "seed": cfg.seed,

@@ -129,7 +129,7 @@ def _cell_pooling() -> torch.Tensor:
 
 
 def _mono(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-    audio = torch.as_tensor(np.asarray(audio) if isinstance(audio, np.ndarray) else audio).float()
+    audio = torch.as_tensor(audio).float()
     if audio.ndim == 2:
         audio = audio.mean(dim=0)
     if audio.ndim != 1:

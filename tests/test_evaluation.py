@@ -15,7 +15,7 @@ from sda.config import EvaluateConfig, to_evaluate_config
 from sda.config.evaluation import CorpusConfig, SuiteConfig
 from sda.data.corpus import FAMILIES, synthesize_clip
 from sda.dsp.spectrogram import SpectrogramSettings
-from sda.errors import DatasetError
+from sda.errors import CheckpointError, DatasetError
 from sda.evaluation import (
     FIGURES,
     SUBJECTS,
@@ -158,11 +158,21 @@ def test_the_dev_suite_names_the_demo_corpus_and_three_real_groups():
     assert all(c.path.startswith("data/corpora/") for name, c in corpora.items() if name != "demo")
 
 
-def test_a_suite_with_a_missing_corpus_fails_before_generating_anything(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("corpus", "error", "message"),
+    [
+        ({"path": "absent"}, DatasetError, r"suite\.corpora\.absent\.path="),
+        ({"path": "tones", "checkpoint": "models/absent.pt"}, CheckpointError, "absent.pt"),
+    ],
+)
+def test_a_suite_with_a_missing_corpus_or_model_fails_before_generating_anything(
+    tmp_path: Path, tiny_dataset: Path, corpus: dict, error: type, message: str
+):
+    corpus = {**corpus, "path": str(tiny_dataset if corpus["path"] == "tones" else tmp_path / corpus["path"])}
     config = EvaluateConfig(
-        suite=SuiteConfig(corpora={"absent": CorpusConfig(path=str(tmp_path / "absent"))}),
+        suite=SuiteConfig(corpora={"tones": CorpusConfig(path=str(tiny_dataset)), "absent": CorpusConfig(**corpus)})
     )
-    with pytest.raises(DatasetError, match=r"suite\.corpora\.absent\.path="):
+    with pytest.raises(error, match=message):
         evaluate_suite(config, tmp_path)
 
 
@@ -191,3 +201,4 @@ def test_a_suite_evaluates_every_corpus_and_splits_a_corpus_the_model_never_saw(
     assert all(len(c["nearest_training_windows"]["model"]) == 3 for c in report["corpora"].values())
     rows = suite.table().splitlines()
     assert [row.split()[:2] for row in rows[2:4]] == [["tones", "NO"], ["three", "NO"]]
+    assert "model: default on every corpus" in rows

@@ -14,9 +14,16 @@ from sda.errors import ConfigError
 
 @dataclass(unsafe_hash=True)
 class CorpusConfig(DatasetConfig):
-    """One corpus of a suite: the fields of `dataset`, named in errors as suite.corpora.*."""
+    """One corpus of a suite: the fields of `dataset` (named in errors as suite.corpora.*), and
+    the model to evaluate on it when not `model.checkpoint` (a model trained on this corpus)."""
 
     KEY: ClassVar[str] = "suite.corpora.*"
+    checkpoint: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.checkpoint is not None and not self.checkpoint.strip():
+            raise ConfigError(f"{self.KEY}.checkpoint", self.checkpoint, "a model name or a checkpoint path, or null")
 
 
 @dataclass(unsafe_hash=True)
