@@ -550,9 +550,9 @@ def generate_subjects(model: LoadedModel, cfg: EvaluateConfig, device: torch.dev
 
 
 def evaluate_corpus(
-    generated: Generated, dataset: LoadedDataset, dataset_cfg: DatasetConfig, cfg: EvaluateConfig
+    generated: Generated, dataset: LoadedDataset, dataset_cfg: DatasetConfig, cfg: EvaluateConfig, key: str = "dataset"
 ) -> Evaluation:
-    """Every figure of every subject on one corpus."""
+    """Every figure of every subject on one corpus (`key` names its config in errors)."""
     model, device = generated.model, generated.device
     settings = model.settings
     window, silence = settings.window_samples, dataset_cfg.silence_dbfs
@@ -565,7 +565,7 @@ def evaluate_corpus(
     reference_windows = windows_of(split.reference)
     reconstruction_windows = windows_of(split.reconstruction)
     if reference_windows.shape[0] == 0 or reconstruction_windows.shape[0] == 0:
-        raise DatasetError(f"dataset.path={str(dataset.root)!r}: no usable window to evaluate on")
+        raise DatasetError(f"{key}.path={str(dataset.root)!r}: no usable window to evaluate on")
     held_out_stream = _laid_end_to_end(split.held_out, window, silence)
     if held_out_stream.shape[0] == 0:
         log.warning("%s: no held-out audio; the real-data floor is not measured", dataset.root)
@@ -712,7 +712,9 @@ def evaluate_suite(cfg: EvaluateConfig, base_dir: Path) -> SuiteEvaluation:
     results = {}
     for name, corpus in cfg.suite.corpora.items():
         log.info("evaluating on %s", name)
-        results[name] = evaluate_corpus(generated[checkpoints[name]], datasets[name], corpus, cfg)
+        results[name] = evaluate_corpus(
+            generated[checkpoints[name]], datasets[name], corpus, cfg, f"suite.corpora.{name}"
+        )
     details = {
         "suite": {name: corpus.to_dict() for name, corpus in cfg.suite.corpora.items()},
         "models": {
