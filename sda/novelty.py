@@ -29,7 +29,7 @@ of sonic-pi-samples groups: textures (ambi_*) 3.4 dB or more, loops 2.1 dB or mo
 `NEAR_COPY_DB` sits between playback and the nearest different takes.
 
 What it does not catch: a blurred memory. The shipped model's reconstructions of its own training
-windows lie at a median of 3.2 dB from them, where held-out takes lie, so whether a model copies
+windows lie about 3 dB from them (median), where held-out takes lie, so whether a model copies
 is judged by comparing its outputs' distances with those of held-out real windows
 (`sda.evaluation`); `NEAR_COPY_DB` flags playback.
 
