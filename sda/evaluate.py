@@ -1,5 +1,6 @@
-"""`python -m sda.evaluate model.checkpoint=... dataset.path=...`: reconstruction and generation
-figures of a model next to two baselines (see sda.evaluation). Prints a table, writes JSON.
+"""`python -m sda.evaluate model.checkpoint=... dataset.path=...`: a model's figures next to two
+baselines and two real-data references (see sda.evaluation); `suite=dev` does it for every corpus
+of conf/suite/dev.yaml in one run. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 from sda.config import EvaluateConfig, register_configs, to_evaluate_config
 from sda.entry import record_job_status, single_run_main
 from sda.errors import SdaError
-from sda.evaluation import evaluate_model
+from sda.evaluation import evaluate_model, evaluate_suite
 
 log = logging.getLogger("sda.evaluate")
 register_configs()
@@ -27,7 +28,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     base_dir = Path(get_original_cwd())
     try:
         config = to_evaluate_config(cfg)
-        evaluation = evaluate_model(config, base_dir)
+        evaluation = evaluate_suite(config, base_dir) if config.suite.corpora else evaluate_model(config, base_dir)
     except SdaError as error:
         log.error("%s", error)
         record_job_status(Path(HydraConfig.get().runtime.output_dir), error)

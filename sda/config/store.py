@@ -9,7 +9,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sda.config.evaluation import EvaluateConfig
+from sda.config.evaluation import EvaluateConfig, SuiteConfig
 from sda.config.generation import OPTIONS, ModelConfig, RunConfig
 from sda.config.training import DatasetConfig, TrainConfig
 from sda.errors import ConfigError
@@ -113,3 +113,4 @@ def register_configs() -> None:
         for name, option in options.items():
             cs.store(group=group, name=f"{name}_schema", node=option)
     cs.store(group="dataset", name="schema", node=DatasetConfig)
+    cs.store(group="suite", name="schema", node=SuiteConfig)
