@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from sda.dsp.normalize import OUTPUT_PEAK_DBFS
 from sda.errors import OutputError
 
-CEILING_DBFS = -1.0
+# libsndfile's subtype for each format and bit depth: the one table of what each format allows
+# (the export options in sda.config take their allowed bit depths from it).
 FORMATS: dict[str, dict[int, str]] = {
     "wav": {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"},
     "flac": {16: "PCM_16", 24: "PCM_24"},
@@ -146,7 +148,7 @@ def encode_audio(
     *,
     tags: dict[str, str] | None = None,
     dither_seed: int = 0,
-    ceiling_dbfs: float = CEILING_DBFS,
+    ceiling_dbfs: float = OUTPUT_PEAK_DBFS,
     ogg_quality: float = 0.7,
 ) -> EncodedAudio:
     """Encode `[channels, frames]` float audio into a complete file in memory.

@@ -12,6 +12,7 @@ import torch
 from omegaconf import MISSING
 
 from sda.config.base import MAX_SEED, Sealed, check_device, check_range, check_seed, resolve_device
+from sda.encode import FORMATS
 from sda.errors import ConfigError
 
 MAX_DURATION_S = 600.0
@@ -166,10 +167,6 @@ class ExportConfig(GroupOption):
     def format(self) -> str:
         return self.OPTION
 
-    @property
-    def extension(self) -> str:
-        return f".{self.OPTION}"
-
     def validate(self) -> None:
         if self.sample_rate not in SAMPLE_RATES:
             raise ConfigError(
@@ -182,7 +179,7 @@ class WavExport(ExportConfig):
     """WAV: 16-bit PCM (TPDF dither), 24-bit PCM or 32-bit float."""
 
     OPTION: ClassVar[str] = "wav"
-    BIT_DEPTHS: ClassVar[tuple[int, ...]] = (16, 24, 32)
+    BIT_DEPTHS: ClassVar[tuple[int, ...]] = tuple(FORMATS["wav"])
     bit_depth: int = 24
 
     def validate(self) -> None:
@@ -195,7 +192,7 @@ class FlacExport(ExportConfig):
     """FLAC: 16-bit (TPDF dither) or 24-bit, lossless."""
 
     OPTION: ClassVar[str] = "flac"
-    BIT_DEPTHS: ClassVar[tuple[int, ...]] = (16, 24)
+    BIT_DEPTHS: ClassVar[tuple[int, ...]] = tuple(FORMATS["flac"])
     bit_depth: int = 24
 
     def validate(self) -> None:
