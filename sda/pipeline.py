@@ -61,10 +61,6 @@ DECODE_DTYPE = torch.float64
 # Spectrogram frames per Griffin-Lim call (CPU, GPU): on a CPU about 20 one-second windows, the
 # fastest measured (`python -m sda.bench --seeds 1 --duration-s 600`); a GPU takes all it gets.
 PHASE_FRAMES_PER_GROUP = {False: 2048, True: 1 << 22}
-# Random starting phases use the stream of seed ^ PHASE_STREAM: XOR with a constant above 2^33
-# is a bijection that keeps every voice's phase stream apart from every latent stream (left
-# seeds < 2^32, right seeds < 2^33) and from each other, right channels included.
-PHASE_STREAM = 0x5DA5EED << 34  # < 2^64, the generator's seed range
 # Latents per decoder pass (CPU, GPU).
 DECODE_GROUP = {False: 128, True: 8192}
 # Generated beyond the requested length at 48 kHz, so the resampled signal always covers the
@@ -301,7 +297,7 @@ class GenerationPipeline:
             return None
         gens = []
         for seed in voice_seeds:
-            g = seeding.generator(seed ^ PHASE_STREAM)
+            g = seeding.phase_generator(seed)
             gens.extend([g] * items_per_voice)
         return gens
 

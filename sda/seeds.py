@@ -19,6 +19,10 @@ import numpy as np
 import torch
 
 SEED_SPACE = 2**32
+# Random starting phases (phase.init=random) use the stream of seed ^ PHASE_STREAM: XOR with a
+# constant above 2^33 is a bijection that keeps every voice's phase stream apart from every
+# latent stream (left seeds < 2^32, right seeds < 2^33) and from each other.
+PHASE_STREAM = 0x5DA5EED << 34  # < 2^64, the generator's seed range
 _MASK32 = 0xFFFFFFFF
 # torch's CPU generator state: the initial seed (u64), left (i32), seeded (i32), next (u64), then
 # the 624 Mersenne Twister words, each stored as a u64.
@@ -68,3 +72,9 @@ def sample_latents(seed: int, count: int, latent_dim: int) -> torch.Tensor:
     """`[count, latent_dim]` standard-normal latents for one item. Drawn in order, so the first k
     rows are the same for any count >= k: a longer render of a seed starts like the shorter one."""
     return torch.randn(count, latent_dim, generator=generator(seed))
+
+
+def phase_generator(seed: int) -> torch.Generator:
+    """The generator of a voice's random starting phases: its own stream, apart from every
+    voice's latents and from every other voice's phases (right channels included)."""
+    return generator(seed ^ PHASE_STREAM)

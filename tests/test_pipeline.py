@@ -505,11 +505,3 @@ def test_pipelines_of_one_model_share_decoder_filterbanks_and_resamplers(tiny):
     resampler = get_resampler(48000, 44100, "cpu", torch.float32)
     second.generate([2])
     assert get_resampler(48000, 44100, "cpu", torch.float32) is resampler
-
-
-def test_random_start_phases_of_a_right_channel_are_its_own(tiny):
-    # phase.init=random: a right seed must not share its phase stream with any left seed.
-    pipeline = GenerationPipeline(tiny, make_config(stereo="dual_seed", init="random"))
-    left, right = 0, seeding.right_seed(0)
-    draws = [torch.rand(4, generator=g) for g in pipeline._phase_generators([left, right], 1)]
-    assert not torch.equal(draws[0], draws[1])

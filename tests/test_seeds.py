@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sda.seeds import SEED_SPACE, mix32, right_seed, sample_latents
+from sda.seeds import SEED_SPACE, generator, mix32, phase_generator, right_seed, sample_latents
 
 
 def test_mix32_is_a_bijection_on_a_large_sample():
@@ -38,3 +38,14 @@ def test_latents_depend_only_on_the_seed_and_longer_draws_extend_shorter_ones():
     b = sample_latents(7, 10, 64)
     assert torch.equal(a, b[:3])
     assert not torch.equal(sample_latents(8, 3, 64), a)
+
+
+def test_phase_streams_are_apart_from_latent_streams_and_from_each_other():
+    # phase.init=random: a right channel's starting phases must not replay any left seed's, and
+    # no voice's phases may replay a latent stream (a right seed's low 32 bits are a left seed).
+    seeds = [0, 1, 7, right_seed(0), right_seed(7)]
+    phases = [torch.rand(64, generator=phase_generator(s)) for s in seeds]
+    latents = [torch.rand(64, generator=generator(s)) for s in seeds]
+    for i, a in enumerate(phases):
+        assert all(not torch.equal(a, b) for b in phases[i + 1 :] + latents)
+    assert torch.equal(phases[3], torch.rand(64, generator=phase_generator(right_seed(0))))  # a stream, not noise
