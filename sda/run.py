@@ -34,7 +34,7 @@ from sda.config import RunConfig, register_configs, to_run_config
 from sda.entry import config_name_of, fail, is_info_request, parse_command_line
 from sda.errors import ConfigError, SdaError
 from sda.locking import check_unlocked, folder_lock
-from sda.model import resolve_checkpoint
+from sda.model import missing_checkpoint_message, resolve_checkpoint
 from sda.outputs import read_sidecar
 from sda.preflight import Plan, plan
 from sda.replay import compare_with_original, expand_command_line, recorded_command, write_command
@@ -105,11 +105,8 @@ def preflight(argv: list[str]) -> tuple[Plan, list[str]]:
         config_name_of(args, "config"), args.overrides, RunConfig, to_run_config, args.multirun, args.config_dir
     )
     for checkpoint in sorted({config.model.checkpoint for config in found.compositions.values()}):
-        path = resolve_checkpoint(checkpoint, Path.cwd())
-        if not path.is_file():
-            raise ConfigError(
-                "model.checkpoint", checkpoint, f"a model name or checkpoint file ({path} does not exist)"
-            )
+        if not resolve_checkpoint(checkpoint, Path.cwd()).is_file():
+            raise ConfigError("model.checkpoint", checkpoint, missing_checkpoint_message(checkpoint, Path.cwd()))
     if _launcher(found) in LOCAL_LAUNCHERS:  # jobs run on this machine: its devices must exist
         for config in found.compositions.values():
             config.resolved_device()

@@ -36,10 +36,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sda.config import GenerationConfig
-from sda.errors import OutputError, SdaError
+from sda.errors import CheckpointError, OutputError, SdaError
 from sda.files import write_atomic
 from sda.locking import folder_lock
-from sda.model import LoadedModel, load_model, resolve_checkpoint
+from sda.model import LoadedModel, load_model, missing_checkpoint_message, resolve_checkpoint
 from sda.outputs import (
     OUTCOME_FILE,
     SIDECAR_GLOB,
@@ -107,7 +107,9 @@ def get_model(checkpoint: str, device: torch.device, base_dir: Path) -> LoadedMo
     try:
         stat = path.stat()
     except FileNotFoundError:
-        return load_model(path, device)  # raises the one-line CheckpointError
+        raise CheckpointError(
+            f"model.checkpoint={checkpoint!r}: {missing_checkpoint_message(checkpoint, base_dir)}"
+        ) from None
     return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
 
 

@@ -75,6 +75,22 @@ def test_missing_checkpoint_is_a_config_error_found_without_loading_anything(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_bare_name_of_a_file_in_the_working_folder_says_where_a_model_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("# my notes, not a model")
+    with pytest.raises(ConfigError) as info:
+        preflight(["model.checkpoint=README.md", "duration_s=0.5"])
+    message = str(info.value)
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_MODELS_DIR.glob("*.pt")))
+    assert message == (
+        f"model.checkpoint='README.md' is not allowed: a bare name means a model: "
+        f"{tmp_path / 'models' / 'README.md.pt'} or a model shipped with sda ({shipped}), and neither exists; "
+        f"for the file README.md in {tmp_path}, give a path: ./README.md"
+    )
+    preflight(["model.checkpoint=./README.md", "duration_s=0.5"])  # found: a path names a file
+    assert list(tmp_path.iterdir()) == [tmp_path / "README.md"]
+
+
 @pytest.mark.slow
 def test_run_writes_count_outputs_with_consecutive_seeds_into_the_dated_run_folder(tmp_path):
     proc = sda_run("duration_s=0.5", "seed=5", "count=3", cwd=tmp_path)
