@@ -24,7 +24,7 @@ from sda.model import PACKAGED_MODELS_DIR
 from sda.replay import override_text, reproduce_overrides
 from sda.run import preflight
 from sda.runner import _load_cached, run_job
-from tests.helpers import REPO, compose_run, sda_run
+from tests.helpers import REPO, compose_run, sda_run, summary_line
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME = re.compile(r"\d{2}-\d{2}-\d{2}")
@@ -40,12 +40,6 @@ def only_folder(parent: Path) -> Path:
     children = [p for p in parent.iterdir() if p.is_dir()]
     assert len(children) == 1, children
     return children[0]
-
-
-def summary_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if "sda: " in line and " done / " in line]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 @pytest.mark.parametrize(
