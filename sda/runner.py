@@ -14,6 +14,9 @@
 - One failing item (an exception, non-finite or silent audio) is recorded with its reason and
   never written as a finished file; the others go on. A job never raises and never exits:
   its outcome is returned and written to `outcome.json`.
+- SIGINT or SIGTERM (see sda.interruption) abandons the item being rendered, but an output
+  being written is finished first; the outcome records the signal and what was done, and is
+  returned as any other (`JobOutcome.interrupted`).
 - Progress: a tqdm bar over the items when stderr is a terminal (nothing otherwise, so cron
   mail and log files stay clean), and one log line per file written.
 """
@@ -41,7 +44,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from sda.config import GenerationConfig
 from sda.errors import CheckpointError, OutputError, SdaError
 from sda.files import write_atomic
-from sda.locking import folder_lock
+from sda.interruption import Interrupted, deferred
+from sda.locking import folder_lock, holds
 from sda.model import LoadedModel, load_model, missing_checkpoint_message, resolve_checkpoint
 from sda.outputs import (
     AUDIO_MISSING,
@@ -60,6 +64,9 @@ from sda.pipeline import GenerationPipeline, GenerationResult
 log = logging.getLogger("sda.run")
 
 SILENT_PEAK_DBFS = -60.0
+# Sidecar key of the run token (see JobOutcome.run_token): which launch of sda.run made an output,
+# so that a run's summary can count what a job made even when its outcome.json is missing.
+RUN_TOKEN_KEY = "run_token"
 
 
 @dataclass
@@ -85,9 +92,16 @@ class JobOutcome:
     run_token: str | None = None  # which launch of sda.run made this outcome (see sda.summary)
     job_num: int | None = None  # Hydra's job number in a sweep
     config: dict[str, Any] | None = None  # the job's generation settings (what failed items were)
+    planned: int = 0  # how many outputs the job was asked for
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM" when a signal stopped the job
 
     def count(self, status: str) -> int:
         return sum(1 for item in self.items if item.status == status)
+
+    @property
+    def not_made(self) -> int:
+        """Outputs asked for that were neither made, skipped nor failed (not reached)."""
+        return max(self.planned - len(self.items), 0)
 
     @property
     def failed(self) -> bool:
@@ -95,10 +109,16 @@ class JobOutcome:
 
     def summary(self) -> str:
         text = f"{self.count('done')} done, {self.count('skipped')} skipped, {self.count('failed')} failed"
+        if self.interrupted:
+            text += f"; interrupted by {self.interrupted}, {self.not_made} not made"
         return text + (f"; job failed: {self.error}" if self.error else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "counts": {s: self.count(s) for s in ("done", "skipped", "failed")}}
+        return {
+            **dataclasses.asdict(self),
+            "counts": {s: self.count(s) for s in ("done", "skipped", "failed")},
+            "not_made": self.not_made,
+        }
 
 
 @functools.lru_cache(maxsize=4)
@@ -144,6 +164,17 @@ def scan_outputs(folder: Path) -> FolderOutputs:
             for identity in claimed_identities(check.record):
                 found.broken.setdefault(identity, []).append(check)
     return found
+
+
+def outputs_made_by(folder: Path, run_token: str) -> list[Verification]:
+    """The outputs in `folder` that verify and were made by the launch of sda.run whose token
+    is `run_token`. Reads and deletes nothing."""
+    made = []
+    for sidecar in sorted(Path(folder).glob(SIDECAR_GLOB)):
+        check = verify_output(sidecar)
+        if check.ok and check.record is not None and check.record.get(RUN_TOKEN_KEY) == run_token:
+            made.append(check)
+    return made
 
 
 def set_aside_broken(check: Verification, folder: Path) -> Path:
@@ -242,7 +273,9 @@ def run_job(
     job_num: int | None = None,
 ) -> JobOutcome:
     """Generate `config.count` outputs into `output_dir`, skipping verified ones. Never raises
-    for a failed item or job: the outcome says what happened (and is written to outcome.json)."""
+    for a failed item or job, nor for SIGINT/SIGTERM while sda.interruption handles them (but
+    for one that arrives before the job holds its folder): the outcome says what happened (and
+    is written to outcome.json). Each output's sidecar records `run_token` when given."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     base_dir = Path(base_dir or Path.cwd())
@@ -252,25 +285,35 @@ def run_job(
         run_token=run_token,
         job_num=job_num,
         config=config.generation_fields(),
+        planned=config.count,
     )
+    if run_token is not None:
+        extra_sidecar = {**(extra_sidecar or {}), RUN_TOKEN_KEY: run_token}
     with contextlib.ExitStack() as stack:
         try:
-            _check_writable(output_dir)
-            stack.enter_context(folder_lock(output_dir))
-        except SdaError as error:  # not writable, or another process owns it: leave the folder alone
-            outcome.error = str(error)
-            log.error("%s", error)
-            return outcome
-        try:
-            _run(config, output_dir, base_dir, outcome, extra_sidecar, show_progress)
-        except SdaError as error:
-            outcome.error = str(error)
-            log.error("%s", error)
-        except Exception as error:  # a job must end with its outcome recorded, whatever broke
-            outcome.error = f"{type(error).__name__}: {error}"
-            log.exception("job failed")
-        outcome.elapsed_s = time.perf_counter() - started
-        write_outcome(outcome)
+            try:
+                _check_writable(output_dir)
+                stack.enter_context(folder_lock(output_dir))
+            except SdaError as error:  # not writable, or another process owns it: leave the folder alone
+                outcome.error = str(error)
+                log.error("%s", error)
+                return outcome
+            try:
+                _run(config, output_dir, base_dir, outcome, extra_sidecar, show_progress)
+            except SdaError as error:
+                outcome.error = str(error)
+                log.error("%s", error)
+            except Exception as error:  # a job must end with its outcome recorded, whatever broke
+                outcome.error = f"{type(error).__name__}: {error}"
+                log.exception("job failed")
+        except Interrupted as stop:
+            if not holds(output_dir):  # stopped before the folder was the job's: nothing to record
+                raise
+            outcome.interrupted = stop.signal_name
+        # A signal from here on is held until the outcome is recorded (a second one ends the process).
+        with deferred(raise_at_end=False):
+            outcome.elapsed_s = time.perf_counter() - started
+            write_outcome(outcome)
     return outcome
 
 
@@ -336,7 +379,9 @@ def _write_batch(
             outcome.items.append(ItemOutcome(result.seed, identities[result.seed], "failed", reason))
             log.error("seed %d failed: %s", result.seed, reason)
             continue
-        _write_item(result, identities[result.seed], output_dir, outcome, extra_sidecar, broken)
+        # A signal now lets the output be written (and recorded) whole: see sda.interruption.
+        with deferred():
+            _write_item(result, identities[result.seed], output_dir, outcome, extra_sidecar, broken)
 
 
 def _write_item(

@@ -5,7 +5,7 @@ One row per output found in a job folder (every sidecar, checked with `verify_ou
 folder, plus one per item that `outcome.json` records as failed. Status: `done` (the audio
 matches its sidecar), `broken` (it does not, there is no sidecar, or it was set aside; the reason
 says why) or `failed` (never written; the job's reason). Job-level errors (a job that died or
-could not start) are returned as problems.
+could not start) and interruptions are returned as problems.
 
 In manifest.csv a text cell that a spreadsheet would take for a formula (starting with `=`, `+`,
 `-`, `@`, a tab or a carriage return) gets a leading apostrophe; numbers are written as numbers.
@@ -293,6 +293,10 @@ def _job_rows(folder: Path, job_dir: Path, problems: list[str]) -> list[ReportRo
         return rows
     if _get(outcome, "error"):
         problems.append(f"job {job}: {outcome['error']}")
+    if _get(outcome, "interrupted"):
+        not_made = _as_int(_get(outcome, "not_made"))
+        made = "" if not_made is None else f": {not_made} output(s) not made"
+        problems.append(f"job {job}: interrupted by {outcome['interrupted']}{made}; resume= continues it")
     items = _get(outcome, "items")
     config = None
     for item in items if isinstance(items, list) else []:
