@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from sda import interruption
 from sda.config import RunConfig, register_configs, to_run_config
 from sda.entry import config_name_of, fail, is_info_request, parse_command_line
-from sda.errors import ConfigError, SdaError
+from sda.errors import ConfigError, OutputError, SdaError
 from sda.interruption import Interrupted
 from sda.locking import check_unlocked, folder_lock
 from sda.model import missing_checkpoint_message, resolve_checkpoint
@@ -186,9 +186,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def _launch(argv: list[str]) -> int:
     """Pre-flight, lock, record the command, run Hydra, finish; the exit status."""
+    where = "the output folder"
     try:
         argv = expand_command_line(argv)
         found, argv = preflight(argv)
+        where = str(found.output_dir)
         token = uuid.uuid4().hex
         os.environ[RUN_TOKEN_ENV] = token
         sys.argv = [sys.argv[0], *argv]
@@ -210,6 +212,8 @@ def _launch(argv: list[str]) -> int:
                 )
     except SdaError as error:
         fail(error)
+    except OSError as error:  # sda's own files are written through sda.files; this is the lock's pid
+        fail(OutputError(f"cannot write into {where}: {error.strerror or error}"))
     except Interrupted as stop:  # before Hydra started: no job ran, nothing was made
         print(f"sda: {stop} before the run started; nothing was made", file=sys.stderr)
         return stop.exit_status

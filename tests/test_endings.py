@@ -73,6 +73,17 @@ def wait_for(paths, proc: subprocess.Popen, timeout_s: float = 120) -> None:
     assert proc.poll() is None, "the run ended before it could be signalled"
 
 
+def file_size_limit(n_bytes: int):
+    """For Popen's preexec_fn: no file the process writes may grow past `n_bytes` (a write that
+    would fails with EFBIG, as one on a full disk fails with ENOSPC)."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    return limit
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, str]:
     """identity -> sha256 of the files an uninterrupted SHORT_RUN makes."""
@@ -218,10 +229,6 @@ def test_when_outcome_and_report_cannot_be_written_the_line_and_summary_count_th
     """A file-size limit (EFBIG, as a full disk gives ENOSPC) that lets every output through but
     not outcome.json or the report: the run still says what it made."""
 
-    def limited() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
-        resource.setrlimit(resource.RLIMIT_FSIZE, (5000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
     job = tmp_path / "run"
     settings = ["count=20", "duration_s=0.01", "export.bit_depth=16"]  # 1 kB audio, 3.5 kB sidecars, 7 kB outcome
     proc = subprocess.run(
@@ -231,7 +238,7 @@ def test_when_outcome_and_report_cannot_be_written_the_line_and_summary_count_th
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=limited,
+        preexec_fn=file_size_limit(5000),
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output
@@ -247,6 +254,23 @@ def test_when_outcome_and_report_cannot_be_written_the_line_and_summary_count_th
     assert (recorded["done"], recorded["unaccounted"], recorded["exit_status"]) == (20, 0, 1)
     assert recorded["report"].startswith("not written: cannot write ")
     assert recorded["job_outcomes"][0]["outcome"] == "missing"
+
+
+@pytest.mark.skipif(resource is None, reason="needs POSIX file-size limits")
+def test_a_lock_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path):
+    job = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sda.run", "duration_s=0.1", f"hydra.run.dir={job}"],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=file_size_limit(3),  # the lock file's process id does not fit
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"error: cannot write into {job}: File too large"]
+    assert [p.name for p in job.iterdir()] == [".sda.lock"]
 
 
 @pytest.mark.skipif(resource is None, reason="needs POSIX file-size limits")
