@@ -221,6 +221,23 @@ def resolve_checkpoint(name_or_path: str, base_dir: Path | None = None) -> Path:
     return PACKAGED_MODELS_DIR / f"{text}.pt"
 
 
+def missing_checkpoint_message(name_or_path: str, base_dir: Path | None = None) -> str:
+    """One line saying where `resolve_checkpoint` looked for a checkpoint it did not find, and,
+    for a bare name that is a file in `base_dir` (`README.md`), how to name that file instead."""
+    base = Path(base_dir) if base_dir is not None else Path()
+    text = str(name_or_path)
+    if "/" in text or text.endswith(".pt"):
+        return f"a model name or checkpoint file ({resolve_checkpoint(text, base)} does not exist)"
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_MODELS_DIR.glob("*.pt"))) or "none"
+    message = (
+        f"a bare name means a model: {base.absolute() / 'models' / f'{text}.pt'} or a model shipped with sda "
+        f"({shipped}), and neither exists"
+    )
+    if (base / text).is_file():
+        message += f"; for the file {text} in {base.absolute()}, give a path: ./{text}"
+    return message
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load and check a checkpoint file's structure without building a model."""
     path = Path(path)

@@ -9,7 +9,8 @@ Both writes are atomic (sda.files) and never overwrite. A kill between 2 and 3 l
 without its audio; a kill during a write leaves only a temporary file, removed at the next start
 (`remove_stale_temporaries`). An output is done only when `verify_output` finds its audio
 matching the sidecar's frame count and checksum: a WAV truncated by a killed process still opens
-and reads without error, so a file's existence proves nothing.
+and reads without error, so a file's existence proves nothing. Its identity is recomputed from
+the sidecar's `identity_parameters`, never taken from the stored `identity` field.
 
 An output's identity is a hash of everything that decides its audio: the checkpoint's sha256,
 the seed, and the resolved generation parameters (duration, chunking, stereo, export, phase). It
@@ -45,6 +46,7 @@ SIDECAR_GLOB = f"{OUTPUT_PREFIX}*.json"
 OUTCOME_FILE = "outcome.json"  # the job's outcome: every item's status and reason
 LOCK_FILE = ".sda.lock"  # held while a job writes into the folder
 SPECTROGRAM_DIR = "spectrograms"  # the report's pictures, one per done output
+BROKEN_DIR = "broken"  # broken outputs set aside before their identity is made again (sda.runner)
 # ... into the run or sweep folder ...
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.csv"
@@ -123,7 +125,12 @@ def identity_parameters(config: GenerationConfig, seed: int, model_sha256: str) 
 
 def output_identity(config: GenerationConfig, seed: int, model_sha256: str) -> str:
     """Stable 16-hex-digit identity of the output `seed` makes under `config` and the model."""
-    canonical = json.dumps(identity_parameters(config, seed, model_sha256), sort_keys=True, separators=(",", ":"))
+    return identity_of_parameters(identity_parameters(config, seed, model_sha256))
+
+
+def identity_of_parameters(parameters: dict[str, Any]) -> str:
+    """The identity an `identity_parameters` record (as a sidecar holds it) hashes to."""
+    canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -222,6 +229,10 @@ def save_result(result: GenerationResult, folder: str | Path, extra: dict[str, A
     return SavedOutput(audio_path=audio_path, sidecar_path=sidecar_path, identity=identity, record=record)
 
 
+# The reason `verify_output` gives for a sidecar whose audio is not there (and nothing worse).
+AUDIO_MISSING = "audio file missing"
+
+
 @dataclass(frozen=True)
 class Verification:
     ok: bool
@@ -231,9 +242,25 @@ class Verification:
     record: dict[str, Any] | None
 
 
+def claimed_identities(record: dict[str, Any] | None) -> set[str]:
+    """The identities a sidecar record claims: its `identity` field and what its
+    `identity_parameters` hash to (the two differ when one of them was edited)."""
+    if not isinstance(record, dict):
+        return set()
+    claims = {record["identity"]} if isinstance(record.get("identity"), str) else set()
+    parameters = record.get("identity_parameters")
+    if isinstance(parameters, dict):
+        try:
+            claims.add(identity_of_parameters(parameters))
+        except (TypeError, ValueError):  # values JSON cannot hold: it claims nothing by them
+            pass
+    return claims
+
+
 def verify_output(sidecar_path: Path) -> Verification:
-    """Is this output complete? Its sidecar parses, its audio exists, and the audio's frame
-    count, rate, channels and sha256 match the sidecar. Never raises for a bad output."""
+    """Is this output complete? Its sidecar parses, its `identity` is what its
+    `identity_parameters` hash to (a stored identity is never trusted), its audio exists, and the
+    audio's frame count, rate, channels and sha256 match the sidecar. Never raises for a bad output."""
     sidecar_path = Path(sidecar_path)
 
     def fail(reason: str, audio: Path | None = None, record: dict | None = None) -> Verification:
@@ -251,8 +278,11 @@ def verify_output(sidecar_path: Path) -> Verification:
     audio = sidecar_path.parent / name
     if Path(name).name != name:
         return fail(f"sidecar names a file outside its folder: {name!r}", None, record)
+    identity_problem = _identity_problem(record)
+    if identity_problem:
+        return fail(identity_problem, audio, record)
     if not audio.is_file():
-        return fail("audio file missing", audio, record)
+        return fail(AUDIO_MISSING, audio, record)
     try:
         found = sf.info(str(audio))
     except (RuntimeError, sf.LibsndfileError) as error:
@@ -264,3 +294,16 @@ def verify_output(sidecar_path: Path) -> Verification:
     if file_sha256(audio) != sha:
         return fail("checksum mismatch", audio, record)
     return Verification(True, "verified", sidecar_path, audio, record)
+
+
+def _identity_problem(record: dict[str, Any]) -> str | None:
+    identity, parameters = record.get("identity"), record.get("identity_parameters")
+    if not isinstance(identity, str) or not isinstance(parameters, dict):
+        return "sidecar has no identity and identity parameters"
+    try:
+        recomputed = identity_of_parameters(parameters)
+    except (TypeError, ValueError) as error:
+        return f"identity parameters unreadable: {error}"
+    if recomputed != identity:
+        return f"identity {identity} is not what its identity parameters hash to ({recomputed})"
+    return None

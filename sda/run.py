@@ -11,6 +11,12 @@ line on a bad value), each checkpoint must exist, the output folder must be writ
 for the whole run or sweep, and no other sda process may be writing into it (exit status 1).
 This process then locks the folder, records its command there (sda.replay), runs Hydra, and ends
 with one summary line (sda.summary); the exit status is 1 if any output or job failed.
+
+SIGINT and SIGTERM (sda.interruption) are handled in this process, where the basic launcher runs
+its jobs, and in each job's process under the joblib and submitit launchers: the item in flight
+is abandoned (an output being written is finished), the job's outcome.json and the run's
+summary.json and report say `interrupted`, and the process ends with one line and exit status 130
+(SIGINT) or 143 (SIGTERM). `resume=FOLDER` continues the run.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +36,13 @@ from hydra.types import RunMode
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
+from sda import interruption
 from sda.config import RunConfig, register_configs, to_run_config
 from sda.entry import config_name_of, fail, is_info_request, parse_command_line
-from sda.errors import ConfigError, SdaError
+from sda.errors import ConfigError, OutputError, SdaError
+from sda.interruption import Interrupted
 from sda.locking import check_unlocked, folder_lock
-from sda.model import resolve_checkpoint
+from sda.model import missing_checkpoint_message, resolve_checkpoint
 from sda.outputs import read_sidecar
 from sda.preflight import Plan, plan
 from sda.replay import (
@@ -58,7 +67,37 @@ LOCAL_LAUNCHERS = ("basic", "joblib", "submitit_local")
 
 def run_from_hydra(cfg: DictConfig) -> None:
     """The body of a Hydra job: validate, then run_job into Hydra's output folder. Never raises
-    and never exits for a failed job: its outcome.json says what happened."""
+    and never exits for a failed job: its outcome.json says what happened.
+
+    SIGINT and SIGTERM: in the launching process (basic launcher), `Interrupted` is raised after
+    the job has recorded its outcome, so that Hydra starts no further job. In a launcher's worker
+    process the job records its outcome and returns; the launching process learns of it from
+    outcome.json (and stops on its own signal, when the signal reached it too)."""
+    if interruption.active():  # the launching process: main() handles the signals
+        _run_job_from_hydra(cfg)
+        if interruption.received() is not None:
+            raise Interrupted(interruption.received())
+        return
+    with interruption.handling_signals(second_ends_at_once=False), _quiet_logging_errors():
+        try:
+            _run_job_from_hydra(cfg)
+        except Interrupted:  # before or after run_job, which records its own interruption
+            log.warning("interrupted outside the job's work: %s", HydraConfig.get().runtime.output_dir)
+
+
+@contextlib.contextmanager
+def _quiet_logging_errors() -> Iterator[None]:
+    """On a full disk Hydra's run.log cannot be written, and each log line would print a
+    traceback; the console still gets every line."""
+    previous = logging.raiseExceptions
+    logging.raiseExceptions = False
+    try:
+        yield
+    finally:
+        logging.raiseExceptions = previous
+
+
+def _run_job_from_hydra(cfg: DictConfig) -> JobOutcome:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
@@ -77,10 +116,9 @@ def run_from_hydra(cfg: DictConfig) -> None:
         original = read_sidecar(Path(config.reproduce)) if config.reproduce else None
     except (SdaError, OSError, ValueError) as error:  # pre-flight makes this unreachable from the command line
         log.error("%s", error)
-        write_outcome(
-            JobOutcome(str(output_dir), error=str(error), overrides=overrides, run_token=token, job_num=job_num)
-        )
-        return
+        outcome = JobOutcome(str(output_dir), error=str(error), overrides=overrides, run_token=token, job_num=job_num)
+        write_outcome(outcome)
+        return outcome
     if original is not None:
         extra["reproduced_from"] = {
             "sidecar": str(Path(config.reproduce).absolute()),
@@ -94,6 +132,7 @@ def run_from_hydra(cfg: DictConfig) -> None:
             if item.sidecar is not None:
                 made = read_sidecar(output_dir / item.sidecar)
                 compare_with_original(original, Path(config.reproduce), made, output_dir / item.sidecar)
+    return outcome
 
 
 def preflight(argv: list[str]) -> tuple[Plan, list[str]]:
@@ -109,11 +148,8 @@ def preflight(argv: list[str]) -> tuple[Plan, list[str]]:
         config_name_of(args, "config"), args.overrides, RunConfig, to_run_config, args.multirun, args.config_dir
     )
     for checkpoint in sorted({config.model.checkpoint for config in found.compositions.values()}):
-        path = resolve_checkpoint(checkpoint, Path.cwd())
-        if not path.is_file():
-            raise ConfigError(
-                "model.checkpoint", checkpoint, f"a model name or checkpoint file ({path} does not exist)"
-            )
+        if not resolve_checkpoint(checkpoint, Path.cwd()).is_file():
+            raise ConfigError("model.checkpoint", checkpoint, missing_checkpoint_message(checkpoint, Path.cwd()))
     if _launcher(found) in LOCAL_LAUNCHERS:  # jobs run on this machine: its devices must exist
         for config in found.compositions.values():
             config.resolved_device()
@@ -147,23 +183,66 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [sys.argv[0], *argv]
         _hydra_main()
         return
+    with interruption.handling_signals(), _quiet_logging_errors():
+        status = _launch(argv)
+    sys.exit(status)
+
+
+def _launch(argv: list[str]) -> int:
+    """Pre-flight, lock, record the command, run Hydra, finish; the exit status."""
+    where = "the output folder"
     try:
         argv = expand_command_line(argv)
         found, argv = preflight(argv)
-    except SdaError as error:
-        fail(error)
-    token = uuid.uuid4().hex
-    os.environ[RUN_TOKEN_ENV] = token
-    sys.argv = [sys.argv[0], *argv]
-    try:
+        where = str(found.output_dir)
+        token = uuid.uuid4().hex
+        os.environ[RUN_TOKEN_ENV] = token
+        sys.argv = [sys.argv[0], *argv]
         with folder_lock(found.output_dir) if found.output_dir_exact else contextlib.nullcontext():
             if found.output_dir_exact:
-                write_command(found.output_dir, recorded_command(found))
-            _hydra_main()
-            status = finish_run(found.output_dir, found.multirun, token, found.jobs)
+                with interruption.deferred():
+                    write_command(found.output_dir, recorded_command(found))
+            stop, launcher_error = _run_hydra()
+            with interruption.deferred(raise_at_end=False):  # the ending is written whole
+                items = sum(config.count * jobs for config, jobs in found.each_composition())
+                return finish_run(
+                    found.output_dir,
+                    found.multirun,
+                    token,
+                    found.jobs,
+                    expected_items=items,
+                    interrupted=stop.signal_name if stop else None,
+                    launcher_error=launcher_error,
+                )
     except SdaError as error:
         fail(error)
-    sys.exit(status)
+    except OSError as error:  # sda's own files are written through sda.files; this is the lock's pid
+        fail(OutputError(f"cannot write into {where}: {error.strerror or error}"))
+    except Interrupted as stop:  # before Hydra started: no job ran, nothing was made
+        print(f"sda: {stop} before the run started; nothing was made", file=sys.stderr)
+        return stop.exit_status
+
+
+def _run_hydra() -> tuple[Interrupted | None, str | None]:
+    """Run Hydra; (the interruption that stopped it, one line on why its launcher failed)."""
+    # Hydra prints a traceback and exits for an exception from its own code (a job's config that
+    # cannot be saved on a full disk, a launcher's worker killed): raised instead, it is caught
+    # here and the run still ends with its summary.
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except Interrupted as stop:
+        return stop, None
+    except Exception as error:  # whatever stopped the launcher, the jobs' outcomes are summed up
+        text = str(error).strip().splitlines()
+        return None, f"{type(error).__name__}: {text[0] if text else ''}"
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
+    return None, None
 
 
 if __name__ == "__main__":

@@ -5,12 +5,18 @@
   leaves one behind).
 - Outputs already in the folder are checked (`verify_output`); a verified output with the same
   identity is skipped, so rerunning a job into its folder makes only what is missing or broken.
-  Other outputs that fail verification (a checksum mismatch: an edited file) are left alone.
+  An output that fails verification (truncated, edited, its identity field changed) is left
+  where it is until the job makes the identity it claims: then the broken pair is moved into
+  `broken/` first (never deleted, never overwritten), so a folder never holds two audio files
+  for one identity.
 - Only the missing seeds are generated. An item's audio does not depend on the batch it is
   made in (see sda.pipeline), so a resumed job writes the same bytes as an uninterrupted one.
 - One failing item (an exception, non-finite or silent audio) is recorded with its reason and
   never written as a finished file; the others go on. A job never raises and never exits:
   its outcome is returned and written to `outcome.json`.
+- SIGINT or SIGTERM (see sda.interruption) abandons the item being rendered, but an output
+  being written is finished first; the outcome records the signal and what was done, and is
+  returned as any other (`JobOutcome.interrupted`).
 - Progress: a tqdm bar over the items when stderr is a terminal (nothing otherwise, so cron
   mail and log files stay clean), and one log line per file written.
 """
@@ -36,14 +42,18 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sda.config import GenerationConfig
-from sda.errors import OutputError, SdaError
+from sda.errors import CheckpointError, OutputError, SdaError
 from sda.files import write_atomic
-from sda.locking import folder_lock
-from sda.model import LoadedModel, load_model, resolve_checkpoint
+from sda.interruption import Interrupted, deferred
+from sda.locking import folder_lock, holds
+from sda.model import LoadedModel, load_model, missing_checkpoint_message, resolve_checkpoint
 from sda.outputs import (
+    AUDIO_MISSING,
+    BROKEN_DIR,
     OUTCOME_FILE,
     SIDECAR_GLOB,
     Verification,
+    claimed_identities,
     output_identity,
     remove_stale_temporaries,
     save_result,
@@ -54,6 +64,9 @@ from sda.pipeline import GenerationPipeline, GenerationResult
 log = logging.getLogger("sda.run")
 
 SILENT_PEAK_DBFS = -60.0
+# Sidecar key of the run token (see JobOutcome.run_token): which launch of sda.run made an output,
+# so that a run's summary can count what a job made even when its outcome.json is missing.
+RUN_TOKEN_KEY = "run_token"
 
 
 @dataclass
@@ -79,9 +92,16 @@ class JobOutcome:
     run_token: str | None = None  # which launch of sda.run made this outcome (see sda.summary)
     job_num: int | None = None  # Hydra's job number in a sweep
     config: dict[str, Any] | None = None  # the job's generation settings (what failed items were)
+    planned: int = 0  # how many outputs the job was asked for
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM" when a signal stopped the job
 
     def count(self, status: str) -> int:
         return sum(1 for item in self.items if item.status == status)
+
+    @property
+    def not_made(self) -> int:
+        """Outputs asked for that were neither made, skipped nor failed (not reached)."""
+        return max(self.planned - len(self.items), 0)
 
     @property
     def failed(self) -> bool:
@@ -89,10 +109,16 @@ class JobOutcome:
 
     def summary(self) -> str:
         text = f"{self.count('done')} done, {self.count('skipped')} skipped, {self.count('failed')} failed"
+        if self.interrupted:
+            text += f"; interrupted by {self.interrupted}, {self.not_made} not made"
         return text + (f"; job failed: {self.error}" if self.error else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "counts": {s: self.count(s) for s in ("done", "skipped", "failed")}}
+        return {
+            **dataclasses.asdict(self),
+            "counts": {s: self.count(s) for s in ("done", "skipped", "failed")},
+            "not_made": self.not_made,
+        }
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,25 +133,68 @@ def get_model(checkpoint: str, device: torch.device, base_dir: Path) -> LoadedMo
     try:
         stat = path.stat()
     except FileNotFoundError:
-        return load_model(path, device)  # raises the one-line CheckpointError
+        raise CheckpointError(
+            f"model.checkpoint={checkpoint!r}: {missing_checkpoint_message(checkpoint, base_dir)}"
+        ) from None
     return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
 
 
-def verified_outputs(folder: Path) -> dict[str, Verification]:
-    """identity -> verification for every output in `folder` whose audio matches its sidecar.
-    A sidecar whose audio file is missing is deleted (an interrupted write, see the module
-    docstring); other outputs that fail verification are logged and left where they are."""
-    found: dict[str, Verification] = {}
+@dataclass
+class FolderOutputs:
+    """What `scan_outputs` found in a job folder."""
+
+    verified: dict[str, Verification]  # identity -> the output that verifies
+    broken: dict[str, list[Verification]]  # identity -> outputs that fail verification and claim it
+
+
+def scan_outputs(folder: Path) -> FolderOutputs:
+    """Check every output in `folder`. A sidecar whose audio file is missing is deleted (an
+    interrupted write, see the module docstring); other outputs that fail verification are
+    logged and left where they are, listed under each identity they claim."""
+    found = FolderOutputs({}, {})
     for sidecar in sorted(folder.glob(SIDECAR_GLOB)):
         check = verify_output(sidecar)
-        if check.ok and check.record is not None and "identity" in check.record:
-            found[check.record["identity"]] = check
-        elif check.record is not None and check.audio_path is not None and not check.audio_path.exists():
+        if check.ok and check.record is not None:
+            found.verified[check.record["identity"]] = check
+        elif check.reason == AUDIO_MISSING:
             sidecar.unlink(missing_ok=True)
             log.info("removed %s: its audio file was never written (an interrupted run)", sidecar.name)
         else:
             log.warning("not counted as done: %s (%s)", sidecar.name, check.reason)
+            for identity in claimed_identities(check.record):
+                found.broken.setdefault(identity, []).append(check)
     return found
+
+
+def outputs_made_by(folder: Path, run_token: str) -> list[Verification]:
+    """The outputs in `folder` that verify and were made by the launch of sda.run whose token
+    is `run_token`. Reads and deletes nothing."""
+    made = []
+    for sidecar in sorted(Path(folder).glob(SIDECAR_GLOB)):
+        check = verify_output(sidecar)
+        if check.ok and check.record is not None and check.record.get(RUN_TOKEN_KEY) == run_token:
+            made.append(check)
+    return made
+
+
+def set_aside_broken(check: Verification, folder: Path) -> Path:
+    """Move a broken output's sidecar, then its audio, into `folder/broken/` (a numbered folder
+    inside it when a name is taken there); returns where they went. Sidecar first: a process
+    killed between the two moves leaves the audio without a sidecar, which the report lists as
+    broken and resume leaves alone (a sidecar left without its audio would be deleted)."""
+    names = [check.sidecar_path.name] + ([check.audio_path.name] if check.audio_path else [])
+    target, n = folder / BROKEN_DIR, 1
+    while any((target / name).exists() for name in names):
+        n += 1
+        target = folder / BROKEN_DIR / str(n)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        os.rename(check.sidecar_path, target / check.sidecar_path.name)
+        if check.audio_path is not None and check.audio_path.exists():
+            os.rename(check.audio_path, target / check.audio_path.name)
+    except OSError as error:
+        raise OutputError(f"cannot move broken output {check.sidecar_path.name} into {target}: {error}") from None
+    return target
 
 
 def _failure_reason(result: GenerationResult) -> str | None:
@@ -157,7 +226,11 @@ def check_output_folder(folder: Path, needed_bytes: int = 0) -> None:
             raise OutputError(f"output folder {folder} is not writable")
         raise OutputError(f"cannot create output folder {folder}: {existing} is not writable")
     if folder.is_dir():
-        needed_bytes -= sum(p.stat().st_size for p in folder.rglob("gen_*") if p.suffix != ".json" and p.is_file())
+        needed_bytes -= sum(
+            p.stat().st_size
+            for p in folder.rglob("gen_*")
+            if p.suffix != ".json" and p.is_file() and BROKEN_DIR not in p.relative_to(folder).parts
+        )
     free = shutil.disk_usage(existing).free
     if needed_bytes > free:
         raise OutputError(
@@ -200,7 +273,9 @@ def run_job(
     job_num: int | None = None,
 ) -> JobOutcome:
     """Generate `config.count` outputs into `output_dir`, skipping verified ones. Never raises
-    for a failed item or job: the outcome says what happened (and is written to outcome.json)."""
+    for a failed item or job, nor for SIGINT/SIGTERM while sda.interruption handles them (but
+    for one that arrives before the job holds its folder): the outcome says what happened (and
+    is written to outcome.json). Each output's sidecar records `run_token` when given."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     base_dir = Path(base_dir or Path.cwd())
@@ -210,25 +285,35 @@ def run_job(
         run_token=run_token,
         job_num=job_num,
         config=config.generation_fields(),
+        planned=config.count,
     )
+    if run_token is not None:
+        extra_sidecar = {**(extra_sidecar or {}), RUN_TOKEN_KEY: run_token}
     with contextlib.ExitStack() as stack:
         try:
-            _check_writable(output_dir)
-            stack.enter_context(folder_lock(output_dir))
-        except SdaError as error:  # not writable, or another process owns it: leave the folder alone
-            outcome.error = str(error)
-            log.error("%s", error)
-            return outcome
-        try:
-            _run(config, output_dir, base_dir, outcome, extra_sidecar, show_progress)
-        except SdaError as error:
-            outcome.error = str(error)
-            log.error("%s", error)
-        except Exception as error:  # a job must end with its outcome recorded, whatever broke
-            outcome.error = f"{type(error).__name__}: {error}"
-            log.exception("job failed")
-        outcome.elapsed_s = time.perf_counter() - started
-        write_outcome(outcome)
+            try:
+                _check_writable(output_dir)
+                stack.enter_context(folder_lock(output_dir))
+            except SdaError as error:  # not writable, or another process owns it: leave the folder alone
+                outcome.error = str(error)
+                log.error("%s", error)
+                return outcome
+            try:
+                _run(config, output_dir, base_dir, outcome, extra_sidecar, show_progress)
+            except SdaError as error:
+                outcome.error = str(error)
+                log.error("%s", error)
+            except Exception as error:  # a job must end with its outcome recorded, whatever broke
+                outcome.error = f"{type(error).__name__}: {error}"
+                log.exception("job failed")
+        except Interrupted as stop:
+            if not holds(output_dir):  # stopped before the folder was the job's: nothing to record
+                raise
+            outcome.interrupted = stop.signal_name
+        # A signal from here on is held until the outcome is recorded (a second one ends the process).
+        with deferred(raise_at_end=False):
+            outcome.elapsed_s = time.perf_counter() - started
+            write_outcome(outcome)
     return outcome
 
 
@@ -257,7 +342,8 @@ def _run(
     device = config.resolved_device()  # a one-line ConfigError where the device does not exist
     model = get_model(config.model.checkpoint, device, base_dir)
     pipeline = GenerationPipeline(model, config, device)
-    existing = verified_outputs(output_dir)
+    found = scan_outputs(output_dir)
+    existing = found.verified
     identities = {seed: output_identity(config, seed, model.sha256) for seed in config.seeds}
 
     missing = [seed for seed in config.seeds if identities[seed] not in existing]
@@ -273,7 +359,7 @@ def _run(
         # On a terminal, log lines are written above the bar instead of breaking it.
         with logging_redirect_tqdm() if show else contextlib.nullcontext():
             for batch in _plan_batches(missing, pipeline.batch_size):
-                _write_batch(batch, pipeline, identities, output_dir, outcome, extra_sidecar)
+                _write_batch(batch, pipeline, identities, output_dir, outcome, extra_sidecar, found.broken)
                 progress.update(len(batch))
 
 
@@ -284,6 +370,7 @@ def _write_batch(
     output_dir: Path,
     outcome: JobOutcome,
     extra_sidecar: dict[str, Any] | None,
+    broken: dict[str, list[Verification]],
 ) -> None:
     """Generate a batch of missing seeds and write the items that pass."""
     for result in _generate_isolated(pipeline, batch, identities, outcome):
@@ -292,22 +379,53 @@ def _write_batch(
             outcome.items.append(ItemOutcome(result.seed, identities[result.seed], "failed", reason))
             log.error("seed %d failed: %s", result.seed, reason)
             continue
-        saved = save_result(result, output_dir, extra_sidecar)
-        metrics = result.metrics
-        outcome.items.append(
-            ItemOutcome(
-                result.seed,
-                saved.identity,
-                "done",
-                "",
-                saved.audio_path.name,
-                saved.sidecar_path.name,
-                metrics.rating,
-                metrics.peak_dbfs,
-                metrics.loudness_lufs,
-            )
+        # A signal now lets the output be written (and recorded) whole: see sda.interruption.
+        with deferred():
+            _write_item(result, identities[result.seed], output_dir, outcome, extra_sidecar, broken)
+
+
+def _write_item(
+    result: GenerationResult,
+    identity: str,
+    output_dir: Path,
+    outcome: JobOutcome,
+    extra_sidecar: dict[str, Any] | None,
+    broken: dict[str, list[Verification]],
+) -> None:
+    """Write one output that passed its checks, after moving aside broken outputs that claim
+    its identity, and record it as done."""
+    for check in broken.pop(identity, []):
+        if not check.sidecar_path.exists():  # moved already: it claimed another identity too
+            continue
+        try:
+            where = set_aside_broken(check, output_dir)
+        except OutputError as error:  # never two audio files for one identity: this item waits
+            outcome.items.append(ItemOutcome(result.seed, identity, "failed", str(error)))
+            log.error("seed %d failed: %s", result.seed, error)
+            return
+        log.warning(
+            "moved broken output %s (%s) into %s before making identity %s again",
+            check.sidecar_path.name,
+            check.reason,
+            where.relative_to(output_dir),
+            identity,
         )
-        log.info("wrote %s (%s: %s)", saved.audio_path.name, metrics.rating, metrics.rating_reason)
+    saved = save_result(result, output_dir, extra_sidecar)
+    metrics = result.metrics
+    outcome.items.append(
+        ItemOutcome(
+            result.seed,
+            saved.identity,
+            "done",
+            "",
+            saved.audio_path.name,
+            saved.sidecar_path.name,
+            metrics.rating,
+            metrics.peak_dbfs,
+            metrics.loudness_lufs,
+        )
+    )
+    log.info("wrote %s (%s: %s)", saved.audio_path.name, metrics.rating, metrics.rating_reason)
 
 
 def _skipped_item(seed: int, identity: str, check: Verification) -> ItemOutcome:

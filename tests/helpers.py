@@ -26,7 +26,7 @@ import torch
 
 from sda.config import GenerationConfig, RunConfig, to_run_config
 from sda.dsp.quality import measure_quality
-from sda.files import write_atomic
+from sda.files import file_sha256, write_atomic
 from sda.outputs import MANIFEST_FILE, OUTCOME_FILE, SavedOutput
 from sda.pipeline import GenerationResult
 from sda.preflight import compose_config
@@ -56,6 +56,23 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 def sda_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`python -m sda.run args...` in `cwd` on one thread."""
     return run_sda("run", *args, cwd=cwd, env=ONE_THREAD)
+
+
+def summary_line(output: str) -> str:
+    """The one final `sda: N done / N skipped / N failed ...` line of a run's output."""
+    lines = [line for line in output.splitlines() if "sda: " in line and " done / " in line]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def outputs_by_identity(folder: Path) -> dict[str, str]:
+    """identity -> sha256 of the audio file on disk, for every sidecar in `folder` (audio is
+    compared by identity: file names carry times)."""
+    found = {}
+    for sidecar in sorted(folder.glob("gen_*.json")):
+        record = json.loads(sidecar.read_text())
+        found[record["identity"]] = file_sha256(folder / record["file"]["name"])
+    return found
 
 
 def compose_run(*overrides: str):

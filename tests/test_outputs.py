@@ -26,6 +26,8 @@ from sda.errors import OutputError
 from sda.files import file_sha256
 from sda.model import load_model
 from sda.outputs import (
+    claimed_identities,
+    identity_of_parameters,
     output_stem,
     remove_stale_temporaries,
     reserve_output_paths,
@@ -256,4 +258,27 @@ def test_sidecar_refuses_nan_but_a_silent_output_still_saves_with_null_levels(tm
     assert record["file"]["peak_dbfs"] is None
     assert record["quality"]["peak_dbfs"] is None and record["quality"]["snr_db"] is None
     assert record["quality"]["rating"] == "red"
+    assert verify_output(saved.sidecar_path).ok
+
+
+def test_identity_is_recomputed_from_the_sidecars_parameters_never_trusted(stereo_results, tmp_path):
+    saved = save_result(stereo_results[48000], tmp_path)
+    record = json.loads(saved.sidecar_path.read_text())
+    assert identity_of_parameters(record["identity_parameters"]) == record["identity"] == saved.identity
+    assert claimed_identities(record) == {saved.identity}
+
+    edited = {**record, "identity": "0123456789abcdef"}  # the stored identity changed by hand
+    saved.sidecar_path.write_text(json.dumps(edited))
+    check = verify_output(saved.sidecar_path)
+    assert not check.ok and check.audio_path == saved.audio_path
+    assert check.reason == f"identity 0123456789abcdef is not what its identity parameters hash to ({saved.identity})"
+    assert claimed_identities(edited) == {"0123456789abcdef", saved.identity}
+
+    other_seed = {**record, "identity_parameters": {**record["identity_parameters"], "seed": 12}}
+    saved.sidecar_path.write_text(json.dumps(other_seed))  # the parameters changed, not the identity
+    assert "is not what its identity parameters hash to" in verify_output(saved.sidecar_path).reason
+
+    saved.sidecar_path.write_text(json.dumps({k: v for k, v in record.items() if k != "identity_parameters"}))
+    assert verify_output(saved.sidecar_path).reason == "sidecar has no identity and identity parameters"
+    saved.sidecar_path.write_text(json.dumps(record))
     assert verify_output(saved.sidecar_path).ok

@@ -36,25 +36,11 @@ from sda.replay import recorded_command, resume_command, write_command
 from sda.run import preflight
 from sda.runner import check_output_folder, estimate_output_bytes, run_job
 from sda.seeds import sample_latents
-from tests.helpers import ONE_THREAD, REPO, compose_run, sda_run
+from tests.helpers import ONE_THREAD, REPO, compose_run, outputs_by_identity, sda_run, summary_line
 
 JOBS = REPO / "jobs"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def outputs_by_identity(folder: Path) -> dict[str, str]:
-    """identity -> sha256 of the audio file on disk, for every sidecar in `folder`."""
-    found = {}
-    for sidecar in sorted(folder.glob("gen_*.json")):
-        record = json.loads(sidecar.read_text())
-        found[record["identity"]] = file_sha256(folder / record["file"]["name"])
-    return found
-
-
-def summary_line(output: str) -> str:
-    [line] = [line for line in output.splitlines() if "sda: " in line and " done / " in line]
-    return line
 
 
 # --------------------------------------------------------------------------------------------

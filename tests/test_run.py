@@ -25,7 +25,7 @@ from sda.model import PACKAGED_MODELS_DIR
 from sda.replay import override_text, reproduce_overrides
 from sda.run import preflight
 from sda.runner import get_model, run_job
-from tests.helpers import REPO, compose_run, sda_run
+from tests.helpers import REPO, compose_run, sda_run, summary_line
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME = re.compile(r"\d{2}-\d{2}-\d{2}")
@@ -41,12 +41,6 @@ def only_folder(parent: Path) -> Path:
     children = [p for p in parent.iterdir() if p.is_dir()]
     assert len(children) == 1, children
     return children[0]
-
-
-def summary_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if "sda: " in line and " done / " in line]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -74,6 +68,22 @@ def test_missing_checkpoint_is_a_config_error_found_without_loading_anything(tmp
     assert str(info.value).startswith("model.checkpoint='no_such_model.pt' is not allowed")
     assert str(tmp_path / "no_such_model.pt") in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bare_name_of_a_file_in_the_working_folder_says_where_a_model_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("# my notes, not a model")
+    with pytest.raises(ConfigError) as info:
+        preflight(["model.checkpoint=README.md", "duration_s=0.5"])
+    message = str(info.value)
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_MODELS_DIR.glob("*.pt")))
+    assert message == (
+        f"model.checkpoint='README.md' is not allowed: a bare name means a model: "
+        f"{tmp_path / 'models' / 'README.md.pt'} or a model shipped with sda ({shipped}), and neither exists; "
+        f"for the file README.md in {tmp_path}, give a path: ./README.md"
+    )
+    preflight(["model.checkpoint=./README.md", "duration_s=0.5"])  # found: a path names a file
+    assert list(tmp_path.iterdir()) == [tmp_path / "README.md"]
 
 
 @pytest.mark.slow

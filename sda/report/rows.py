@@ -1,10 +1,11 @@
 """The report's rows, read from job folders, and `manifest.csv`.
 
 One row per output found in a job folder (every sidecar, checked with `verify_output`, and any
-`gen_*` audio file without a sidecar) plus one per item that `outcome.json` records as failed.
-Status: `done` (the audio matches its sidecar), `broken` (it does not, or there is no sidecar;
-the reason says why) or `failed` (never written; the job's reason). Job-level errors (a job that
-died or could not start) are returned as problems.
+`gen_*` audio file without a sidecar), one per output a resume set aside in its `broken/`
+folder, plus one per item that `outcome.json` records as failed. Status: `done` (the audio
+matches its sidecar), `broken` (it does not, there is no sidecar, or it was set aside; the reason
+says why) or `failed` (never written; the job's reason). Job-level errors (a job that died or
+could not start) and interruptions are returned as problems.
 
 In manifest.csv a text cell that a spreadsheet would take for a formula (starting with `=`, `+`,
 `-`, `@`, a tab or a carriage return) gets a leading apostrophe; numbers are written as numbers.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sda.encode import EXTENSIONS
-from sda.outputs import OUTCOME_FILE, OUTPUT_PREFIX, SIDECAR_GLOB, verify_output
+from sda.outputs import BROKEN_DIR, OUTCOME_FILE, OUTPUT_PREFIX, SIDECAR_GLOB, verify_output
 from sda.seeds import right_seed
 
 log = logging.getLogger(__name__)
@@ -233,36 +234,53 @@ def _failed_row(item: dict[str, Any], job: str, config: dict[str, Any]) -> Repor
     return row
 
 
-def _job_rows(folder: Path, job_dir: Path, problems: list[str]) -> list[ReportRow]:
-    job = relative_to(job_dir, folder) if job_dir != folder else "."
+def _output_rows(
+    folder: Path, where: Path, job: str, records: list[dict[str, Any]], set_aside: bool = False
+) -> list[ReportRow]:
+    """Rows for the outputs in `where` (a job folder, or one of its broken/ folders when
+    `set_aside`: every output there is broken, whatever its files say now)."""
     rows: list[ReportRow] = []
-    records: list[dict[str, Any]] = []
     named: set[str] = set()
-    for sidecar in sorted(job_dir.glob(SIDECAR_GLOB)):
+    for sidecar in sorted(where.glob(SIDECAR_GLOB)):
         check = verify_output(sidecar)
-        row = ReportRow(job=job, status="done" if check.ok else "broken", sidecar=relative_to(sidecar, folder))
-        if not check.ok:
+        ok = check.ok and not set_aside
+        row = ReportRow(job=job, status="done" if ok else "broken", sidecar=relative_to(sidecar, folder))
+        if set_aside:
+            why = "" if check.ok else f": {check.reason}"
+            row.reason = f"set aside in {BROKEN_DIR}/ when it was made again{why}"
+        elif not check.ok:
             row.reason = check.reason
         if check.record is not None:
-            records.append(check.record)
+            if not set_aside:
+                records.append(check.record)
             _fill_from_record(row, check.record)
-            if not check.ok:  # the sidecar's measurements describe audio that is not on disk
+            if not ok:  # the sidecar's measurements describe audio that is not on disk
                 row.peak_dbfs = row.rms_dbfs = row.loudness_lufs = row.rating = row.rating_reason = None
         if check.audio_path is not None:
             named.add(check.audio_path.name)
             row.file = relative_to(check.audio_path, folder)
             row.audio_exists = check.audio_path.is_file()
-        if check.ok and check.audio_path is not None:
+        if ok and check.audio_path is not None:
             row.audio_path = check.audio_path
             row.audio_sha256 = str(_get(check.record, "file", "sha256"))
         rows.append(row)
-    for audio in sorted(job_dir.glob(f"{OUTPUT_PREFIX}*")):
+    for audio in sorted(where.glob(f"{OUTPUT_PREFIX}*")):
         if audio.is_file() and _AUDIO_NAME.match(audio.name) and audio.name not in named:
+            reason = f"set aside in {BROKEN_DIR}/, no sidecar" if set_aside else "no sidecar"
             rows.append(
-                ReportRow(
-                    job=job, status="broken", file=relative_to(audio, folder), reason="no sidecar", audio_exists=True
-                )
+                ReportRow(job=job, status="broken", file=relative_to(audio, folder), reason=reason, audio_exists=True)
             )
+    return rows
+
+
+def _job_rows(folder: Path, job_dir: Path, problems: list[str]) -> list[ReportRow]:
+    job = relative_to(job_dir, folder) if job_dir != folder else "."
+    records: list[dict[str, Any]] = []
+    rows = _output_rows(folder, job_dir, job, records)
+    broken = job_dir / BROKEN_DIR
+    for where in sorted({broken, *(p.parent for p in broken.rglob(f"{OUTPUT_PREFIX}*"))}):
+        if where.is_dir():
+            rows.extend(_output_rows(folder, where, job, records, set_aside=True))
 
     outcome_path = job_dir / OUTCOME_FILE
     try:
@@ -275,6 +293,10 @@ def _job_rows(folder: Path, job_dir: Path, problems: list[str]) -> list[ReportRo
         return rows
     if _get(outcome, "error"):
         problems.append(f"job {job}: {outcome['error']}")
+    if _get(outcome, "interrupted"):
+        not_made = _as_int(_get(outcome, "not_made"))
+        made = "" if not_made is None else f": {not_made} output(s) not made"
+        problems.append(f"job {job}: interrupted by {outcome['interrupted']}{made}; resume= continues it")
     items = _get(outcome, "items")
     config = None
     for item in items if isinstance(items, list) else []:
