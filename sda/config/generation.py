@@ -12,6 +12,7 @@ import torch
 from omegaconf import MISSING
 
 from sda.config.base import MAX_SEED, Sealed, check_device, check_range, check_seed, resolve_device
+from sda.dsp.finish import ONESHOT_END_SILENCE_MS
 from sda.dsp.spectrogram import MAX_WINDOW_S
 from sda.errors import ConfigError
 
@@ -127,8 +128,9 @@ class LatentInterpChunking(ChunkingConfig):
 class OneshotChunking(ChunkingConfig):
     """A hit for a sample library: one model window decoded from one latent and reconstructed from
     its start (the attack intact, no crossfade), ending when the sound does: trailing audio below
-    `silence_db` (relative to the hit's peak) is trimmed, and the last `fade_ms` fade to zero so
-    the end cannot click. `duration_s` is the longest a hit may be (one model window at most)."""
+    `silence_db` (relative to the hit's peak) is trimmed, then `fade_ms` fade to zero and 5 ms of
+    silence end it, so the end cannot click. `duration_s` is the longest a hit may be (one model
+    window at most)."""
 
     OPTION: ClassVar[str] = "oneshot"
     silence_db: float = -60.0
@@ -144,7 +146,8 @@ class OneshotChunking(ChunkingConfig):
     def length_rule(self, duration_s: float) -> str:
         return (
             f"oneshot: the hit's own length, where its tail falls below {self.silence_db:g} dB re its peak, "
-            f"plus a {self.fade_ms:g} ms fade to zero; at most duration_s={duration_s:g} s and one model window"
+            f"plus a {self.fade_ms:g} ms fade to zero and {ONESHOT_END_SILENCE_MS:g} ms of silence; "
+            f"at most duration_s={duration_s:g} s and one model window"
         )
 
 

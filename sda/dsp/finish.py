@@ -29,6 +29,9 @@ from sda.dsp.resample import resample
 from sda.dsp.stereo import join_dual_seed, mid_side_widen
 from sda.dsp.trim import trim_tail
 
+# A one-shot ends with this much digital silence after its fade (see sda.dsp.trim).
+ONESHOT_END_SILENCE_MS = 5.0
+
 STEREO_MODES = ("mono", "mid_side", "dual_seed")
 NORMALIZE_MODES = ("peak", "loudness")
 
@@ -36,10 +39,11 @@ NORMALIZE_MODES = ("peak", "loudness")
 @dataclass(frozen=True)
 class OneshotEnd:
     """How a one-shot ends (sda.dsp.trim): trailing audio below `silence_db` re its peak is cut,
-    and its last `fade_ms` fade to zero."""
+    `fade_ms` fade to zero, and `end_silence_ms` of silence close it."""
 
     silence_db: float = -60.0
     fade_ms: float = 10.0
+    end_silence_ms: float = ONESHOT_END_SILENCE_MS
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,10 @@ def finish(voices: torch.Tensor, sample_rate: int, settings: FinishSettings, fra
         raise RuntimeError(f"generated {audio.shape[-1]} frames, fewer than the {frames} needed")
     lengths = [frames] * audio.shape[0]
     if settings.oneshot is not None:
-        fade = max(1, round(settings.oneshot.fade_ms * settings.output_sample_rate / 1000))
-        audio, trimmed = trim_tail(audio[..., :frames], settings.oneshot.silence_db, fade)
+        end = settings.oneshot
+        fade = max(1, round(end.fade_ms * settings.output_sample_rate / 1000))
+        silence = round(end.end_silence_ms * settings.output_sample_rate / 1000)
+        audio, trimmed = trim_tail(audio[..., :frames], end.silence_db, fade, silence)
         lengths = [int(n) for n in trimmed.tolist()]
         audio = audio[..., : max(lengths, default=frames)]
         if settings.normalize == "peak":

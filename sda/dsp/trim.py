@@ -5,11 +5,12 @@ lengths `[B]` int64). Everything is elementwise or a reduction within an item, s
 length and samples are the same in any batch.
 
 The sound ends after the last sample whose magnitude (on any channel) exceeds the item's peak
-times 10**(silence_db / 20); the item is then `fade` samples longer, and those last `fade`
-samples fall to zero along a raised cosine (cos^2, its last value exactly 0). The fade runs
-over audio already below the threshold, so it only removes what was inaudible, and the file's
-last sample is 0: no click however it is played. An item limited by `max_frames` fades over its
-last `fade` samples all the same.
+times 10**(silence_db / 20). Then `fade` samples fall to zero along a raised cosine (cos^2, its
+last value exactly 0), over audio already below the threshold, so the fade only removes what was
+inaudible; then `silence` samples of digital silence end the item, so its end is silent whatever
+a model left in its tail and a sampler that plays it through never meets a step: no click. An
+item that never falls below the threshold (a model's noise floor, a sustained sound) is cut at
+`max_frames` and fades and ends in silence all the same.
 """
 
 from __future__ import annotations
@@ -45,19 +46,20 @@ def sound_end(audio: torch.Tensor, silence_db: float) -> torch.Tensor:
 
 
 def trim_tail(
-    audio: torch.Tensor, silence_db: float, fade: int, max_frames: int | None = None
+    audio: torch.Tensor, silence_db: float, fade: int, silence: int = 0, max_frames: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each item of `[B, C, N]` cut `fade` samples after its sound ends (at most `max_frames`,
-    default N, and at least `fade`), its last `fade` samples faded to zero, zeros after.
-    Returns (audio `[B, C, N]`, lengths `[B]` int64)."""
+    """Each item of `[B, C, N]` ends `fade + silence` samples after its sound does (at most
+    `max_frames`, default N): its `fade` samples before the last `silence` faded to zero, zeros
+    from there on. Returns (audio `[B, C, N]`, lengths `[B]` int64)."""
     samples = audio.shape[-1]
     limit = samples if max_frames is None else min(int(max_frames), samples)
-    if fade < 1 or limit < 1:
-        raise ValueError(f"fade={fade} and max_frames={limit}: both must be at least 1")
-    fade = min(fade, limit)
-    lengths = (sound_end(audio, silence_db) + fade).clamp(min=fade, max=limit)
+    if fade < 1 or silence < 0 or limit < 1:
+        raise ValueError(f"fade={fade}, silence={silence}, max_frames={limit}: need fade, frames >= 1, silence >= 0")
+    silence = min(silence, limit - 1)
+    fade = min(fade, limit - silence)
+    lengths = (sound_end(audio, silence_db) + fade + silence).clamp(min=fade + silence, max=limit)
     position = torch.arange(samples, device=audio.device)
-    into_fade = position[None, :] - (lengths[:, None] - fade)  # [B, N]: < 0 before the fade
+    into_fade = position[None, :] - (lengths[:, None] - silence - fade)  # [B, N]: < 0 before the fade
     curve = fade_out_curve(fade, str(audio.device), audio.dtype)
     gains = torch.where(
         into_fade < 0,

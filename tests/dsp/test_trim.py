@@ -31,17 +31,20 @@ def test_the_sound_ends_where_it_falls_below_the_threshold_re_its_peak():
     assert db(tone[0, end:].abs().max() / tone.abs().max()) <= -60.0
 
 
-def test_a_trimmed_hit_ends_in_silence_with_its_body_untouched():
+SILENCE = 240  # 5 ms
+
+
+def test_a_trimmed_hit_fades_where_its_sound_ends_then_ends_in_silence_with_its_body_untouched():
     tone = decaying_tone(1.0, 0.05)
-    out, lengths = trim_tail(tone[None], -60.0, FADE)
+    out, lengths = trim_tail(tone[None], -60.0, FADE, SILENCE)
     length = int(lengths[0])
     end = int(sound_end(tone[None], -60.0)[0])
-    assert length == end + FADE
+    assert length == end + FADE + SILENCE
     assert torch.equal(out[0, :, :end], tone[:, :end]), "nothing before the fade is changed"
-    assert out[0, 0, length - 1] == 0.0, "the last sample is zero: no click"
-    assert torch.all(out[0, :, length:] == 0)
-    last_5_ms = out[0, :, length - 240 : length]
-    assert db(last_5_ms.abs().max() / tone.abs().max()) < -60.0
+    faded = out[0, 0, end : end + FADE] / tone[0, end : end + FADE]
+    assert torch.allclose(faded, fade_out_curve(FADE, "cpu", torch.float32), atol=1e-6)
+    assert torch.all(out[0, :, end + FADE :] == 0), "the last 5 ms, and everything after, are silent"
+    assert db(out[0, :, end:].abs().max() / tone.abs().max()) <= -60.0
 
 
 def test_the_fade_is_a_raised_cosine_from_just_under_one_to_zero():
@@ -53,14 +56,17 @@ def test_the_fade_is_a_raised_cosine_from_just_under_one_to_zero():
 
 def test_a_hit_that_never_falls_silent_is_cut_at_the_limit_and_faded_all_the_same():
     drone = decaying_tone(1.0, 100.0)
-    out, lengths = trim_tail(drone[None], -60.0, FADE, max_frames=24000)
-    assert int(lengths[0]) == 24000 and out[0, 0, 23999] == 0.0
-    assert torch.equal(out[0, :, : 24000 - FADE], drone[:, : 24000 - FADE])
+    out, lengths = trim_tail(drone[None], -60.0, FADE, SILENCE, max_frames=24000)
+    assert int(lengths[0]) == 24000
+    assert torch.all(out[0, :, 24000 - SILENCE :] == 0)
+    assert torch.equal(out[0, :, : 24000 - SILENCE - FADE], drone[:, : 24000 - SILENCE - FADE])
+    jumps = out[0, 0, 1:24000].sub(out[0, 0, :23999]).abs()
+    assert jumps[-SILENCE - FADE :].max() <= jumps[: -SILENCE - FADE].max(), "the fade steps no harder than the drone"
 
 
-def test_silence_is_one_fade_long_and_stays_silent():
-    out, lengths = trim_tail(torch.zeros(1, 2, 4800), -60.0, FADE)
-    assert int(lengths[0]) == FADE and torch.all(out == 0)
+def test_silence_is_one_fade_and_its_silence_long_and_stays_silent():
+    out, lengths = trim_tail(torch.zeros(1, 2, 4800), -60.0, FADE, SILENCE)
+    assert int(lengths[0]) == FADE + SILENCE and torch.all(out == 0)
 
 
 @pytest.mark.determinism
@@ -69,7 +75,7 @@ def test_each_hit_is_trimmed_the_same_alone_and_in_a_batch():
     hits[1] *= 0.01  # a quiet one: its threshold is its own peak's
 
     def trim(batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        out, lengths = trim_tail(batch, -60.0, FADE)
+        out, lengths = trim_tail(batch, -60.0, FADE, SILENCE)
         return [(out[i], lengths[i]) for i in range(batch.shape[0])]
 
     results = assert_batch_consistency(trim, hits)
