@@ -7,7 +7,9 @@ beta * KL(q(z|x) || N(0, I)). KL warm-up ramps beta from 0 over `kl_warmup_epoch
 learns to use the latents before they are pulled to the prior; free bits (a floor of `free_bits`
 nats per latent dimension, on the batch-averaged KL) keep dimensions from collapsing at once.
 A dimension counts as active when the variance of its posterior mean across validation windows
-exceeds 0.01. Early stopping watches the validation loss (full beta) once warm-up is over.
+exceeds 0.01 (each epoch's figure); the record's final count is taken over every unaugmented
+window, training and validation, as a folder of one-shots may validate on one or two windows.
+Early stopping watches the validation loss (full beta) once warm-up is over.
 
 Randomness comes from generators made from `seed`: `sampling`, always on the CPU, draws the
 window order and the augmentation (so an epoch's windows are the same on any device), and
@@ -24,6 +26,7 @@ continues to exactly the weights an uninterrupted run reaches.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import pickle
@@ -527,6 +530,28 @@ def validate(
     return ValidationFigures(recon, kl, recon + beta * kl, active, sc_sum / n)
 
 
+@torch.no_grad()
+def active_dimensions(model: MelVAE, data: TrainingData, cfg: TrainConfig) -> int:
+    """Latent dimensions whose posterior mean varies (variance > ACTIVE_DIM_VARIANCE) across every
+    unaugmented training window and the validation windows, streamed in batches."""
+    model.eval()
+    device = model.mel_mean.device
+    fixed = _sampler(data.train_clips, cfg, data.hop_samples, Augmentation.none())
+    batches = (log_mel(batch.to(device), cfg.spectrogram) for batch in fixed.fixed_batches(64))
+    validation = data.validation_log_mels.split(64) if data.independent_validation else ()
+    total = torch.zeros(model.hyper.latent_dim, dtype=torch.float64, device=device)
+    squares, count = torch.zeros_like(total), 0
+    for log_mels in itertools.chain(batches, validation):
+        mu = model.encode(log_mels)[0].double()
+        total += mu.sum(dim=0)
+        squares += mu.pow(2).sum(dim=0)
+        count += mu.shape[0]
+    if count < 2:
+        return 0
+    variance = squares / count - (total / count).pow(2)
+    return int((variance > ACTIVE_DIM_VARIANCE).sum().item())
+
+
 def end_epoch(state: TrainState, row: EpochRecord, cfg: TrainConfig) -> None:
     """Record an epoch; after warm-up, step the learning-rate schedule and keep the best weights
     (an improvement beats the best by more than `min_delta`)."""
@@ -741,7 +766,7 @@ def _finish(
         validation_reconstruction=final.reconstruction,
         validation_kl=final.kl,
         validation_mel_spectral_convergence=final.mel_spectral_convergence,
-        active_latent_dims=final.active_dims,
+        active_latent_dims=active_dimensions(state.model, data, cfg),
         latent_dim=cfg.model.latent_dim,
         wall_time_s=session.elapsed_before_s + time.perf_counter() - session.started,
         windows_seen=state.windows_seen,
