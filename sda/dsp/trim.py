@@ -39,10 +39,9 @@ def sound_end(audio: torch.Tensor, silence_db: float) -> torch.Tensor:
     magnitude = audio.abs().amax(dim=1)  # [B, N]
     peaks = magnitude.amax(dim=-1, keepdim=True)
     above = magnitude > peaks * 10.0 ** (silence_db / 20.0)
-    samples = audio.shape[-1]
-    # argmax finds the first True of the reversed rows, i.e. the last loud sample.
-    last = samples - 1 - above.flip(-1).to(torch.int8).argmax(dim=-1)
-    return torch.where(above.any(dim=-1), last + 1, torch.zeros_like(last))
+    position = torch.arange(audio.shape[-1], device=audio.device)
+    last = torch.where(above, position, torch.full_like(position, -1)).amax(dim=-1)  # -1: none
+    return last + 1
 
 
 def trim_tail(
