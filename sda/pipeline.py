@@ -41,11 +41,13 @@ from sda.config import (
 from sda.dsp.chunking import (
     CrossfadeLayout,
     LatentInterpLayout,
+    OneshotLayout,
     cola_window,
     crossfade_layout,
     equal_power_crossfade,
     interpolate_anchors,
     latent_interp_layout,
+    oneshot_layout,
     overlap_add_frames,
 )
 from sda.dsp.finish import FinishSettings, ItemLevel, OneshotEnd, finish
@@ -76,9 +78,6 @@ DECODE_GROUP = {False: 128, True: 8192}
 # Generated beyond the requested length at 48 kHz, so the resampled signal always covers the
 # exact frame count; trimmed off at the end.
 MARGIN_SAMPLES = 256
-# Silent spectrogram frames a one-shot's window is reconstructed after (see _render_oneshot): at
-# least the frames whose analysis window reaches before the hit (n_fft / 2 / hop = 2 by default).
-ONESHOT_PRE_ROLL_FRAMES = 2
 
 
 @dataclass(frozen=True)
@@ -301,7 +300,8 @@ class GenerationPipeline:
             )
             return self._render_latent_interp(voice_seeds, layout, clock)[..., :samples]
         if isinstance(chunking, OneshotChunking):
-            return self._render_oneshot(voice_seeds, clock)
+            layout = oneshot_layout(samples, self.settings.window_samples, self.settings.hop_length)
+            return self._render_oneshot(voice_seeds, layout, clock)
         raise TypeError(f"no renderer for chunking option {type(chunking).__name__}")
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -380,24 +380,18 @@ class GenerationPipeline:
             audio = self._phase(spectrogram, layout.length, self._phase_generators(voice_seeds, 1))
         return audio.unsqueeze(1)
 
-    def _render_oneshot(self, voice_seeds: Sequence[int], clock: StageClock) -> torch.Tensor:
-        """`[V, 1, window_samples]`: one latent per voice (its seed's first), one decoded window,
-        reconstructed from its start: the window as the model made it, attack first, nothing cut
-        from it and nothing joined to it. Where it ends is the finishing chain's business.
-
-        The window is reconstructed after ONESHOT_PRE_ROLL_FRAMES frames of silence, as a hit
-        follows silence: a peak-locked start gives its first frame one phase in every bin, an
-        impulse at that frame's centre, which on the window's first frame would put a click on
-        every attack (10 dB over the next 50 ms, measured); on silence it is nothing."""
+    def _render_oneshot(self, voice_seeds: Sequence[int], layout: OneshotLayout, clock: StageClock) -> torch.Tensor:
+        """`[V, 1, layout.window]`: one latent per voice (its seed's first), one decoded window,
+        reconstructed from its start after silence (see OneshotLayout): the window as the model
+        made it, attack first, nothing cut from it and nothing joined to it. Where it ends is the
+        finishing chain's business."""
         latent_dim = self.model.latent_dim
-        pre_roll = ONESHOT_PRE_ROLL_FRAMES * self.settings.hop_length
         with clock.stage("decode"):
             latents = torch.stack([seeding.sample_latents(s, 1, latent_dim)[0] for s in voice_seeds])
             log_mels = self._decode(latents.to(self.device))  # [V, n_mels, T]
-            log_mels = torch.nn.functional.pad(log_mels, (ONESHOT_PRE_ROLL_FRAMES, 0))  # log1p(0): silence
+            log_mels = torch.nn.functional.pad(log_mels, (layout.pre_roll_frames, 0))  # log1p(0): silence
         with clock.stage("phase"):
-            length = self.settings.window_samples + pre_roll
-            audio = self._phase(log_mels, length, self._phase_generators(voice_seeds, 1))[:, pre_roll:]
+            audio = self._phase(log_mels, layout.length, self._phase_generators(voice_seeds, 1))[:, layout.start :]
         return audio.unsqueeze(1)
 
 
