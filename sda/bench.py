@@ -30,13 +30,14 @@ from typing import Any
 import torch
 
 from sda import seeds as seeding
-from sda.config import OPTIONS, CrossfadeChunking, GenerationConfig
+from sda.config import OPTIONS, CrossfadeChunking, GenerationConfig, OneshotChunking
 from sda.dsp.chunking import (
     cola_window,
     crossfade_layout,
     equal_power_crossfade,
     interpolate_anchors,
     latent_interp_layout,
+    oneshot_layout,
     overlap_add_frames,
 )
 from sda.dsp.phase import reference_reconstruct
@@ -77,6 +78,14 @@ class ReferencePipeline(GenerationPipeline):
             with clock.stage("dsp"):
                 joined = equal_power_crossfade(torch.stack(pieces, dim=1).unsqueeze(2), layout.overlap)
             return joined[..., :samples]
+        if isinstance(cfg, OneshotChunking):
+            shot = oneshot_layout(samples, s.window_samples, s.hop_length)
+            with clock.stage("decode"):
+                log_mel = self._decode(seeding.sample_latents(seed, 1, dim).to(self.device))
+                log_mel = torch.nn.functional.pad(log_mel, (shot.pre_roll_frames, 0))
+            with clock.stage("phase"):
+                audio = reference_reconstruct(log_mel, s, shot.length, seed)
+            return audio[:, shot.start :].unsqueeze(1)
         layout = latent_interp_layout(samples, s.sample_rate, s.hop_length, s.window_frames, cfg.anchor_interval_s)
         anchors = seeding.sample_latents(seed, layout.n_anchors, dim).to(self.device)[None]
         latents = interpolate_anchors(anchors, layout.positions.to(self.device, torch.float32))[0]
@@ -189,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         "--batch-size", type=int, default=0, help="items per batch for the default path (0: chosen from the device)"
     )
     parser.add_argument("--stereo", default="mono,dual_seed", help="comma-separated stereo modes")
-    parser.add_argument("--chunking", default="crossfade", help="crossfade or latent_interp")
+    parser.add_argument("--chunking", default="crossfade", help="crossfade, latent_interp or oneshot")
     parser.add_argument("--paths", default="reference,default", help="comma-separated: reference, default")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--output", type=Path, default=Path("bench/bench.json"))

@@ -8,6 +8,10 @@ frame is written (WAV either way), so they are always set first. libsndfile stam
 with a stream serial number drawn from the clock; it is replaced by one from `dither_seed` (page
 checksums recomputed), so the same audio always gives the same bytes in every format.
 Writing the bytes to disk is sda.outputs' job.
+
+With a true-peak ceiling (loudness-normalised outputs), the decoded file's true peak is measured
+(sda.dsp.loudness) and an encoding over it is redone with the input scaled down, as a Vorbis
+encoding over the sample-peak ceiling is: dither and lossy coding may lift a peak.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
+import torch
 
+from sda.dsp.loudness import true_peak
 from sda.dsp.normalize import OUTPUT_PEAK_DBFS
 from sda.errors import OutputError
 
@@ -52,6 +58,7 @@ class EncodedAudio:
     frames: int
     sha256: str
     peak_dbfs: float  # sample peak of what a reader decodes
+    true_peak_dbtp: float | None = None  # of what a reader decodes; measured only under a true-peak ceiling
 
 
 def _check_format(format: str, bit_depth: int) -> str:
@@ -140,6 +147,11 @@ def _decoded_peak(data: bytes) -> tuple[float, int]:
     return float(np.abs(decoded).max()) if decoded.size else 0.0, decoded.shape[0]
 
 
+def _decoded_true_peak(data: bytes) -> float:
+    decoded, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return true_peak(torch.from_numpy(np.ascontiguousarray(decoded.T)))
+
+
 def encode_audio(
     audio: np.ndarray,
     sample_rate: int,
@@ -150,11 +162,13 @@ def encode_audio(
     dither_seed: int = 0,
     ceiling_dbfs: float = OUTPUT_PEAK_DBFS,
     ogg_quality: float = 0.7,
+    true_peak_ceiling_dbtp: float | None = None,
 ) -> EncodedAudio:
     """Encode `[channels, frames]` float audio into a complete file in memory.
 
     The decoded sample peak never exceeds `ceiling_dbfs`: PCM is clamped in the integers, and a
-    Vorbis encoding whose decoded peak overshoots is redone with the input scaled down."""
+    Vorbis encoding whose decoded peak overshoots is redone with the input scaled down. With
+    `true_peak_ceiling_dbtp`, the decoded true peak never exceeds it either (likewise redone)."""
     subtype = _check_format(format, bit_depth)
     audio = np.asarray(audio)
     if audio.ndim != 2 or audio.shape[0] < 1 or audio.shape[1] < 1:
@@ -167,29 +181,33 @@ def encode_audio(
         raise ValueError(f"tags {unknown}: allowed {', '.join(TAG_NAMES)}")
     ceiling = _ceiling_amplitude(ceiling_dbfs)
     frames = audio.shape[1]
-    if format == "ogg":
-        # Clamped first, as PCM is: scaling down a signal that quantise() would clamp anyway
-        # would leave it unchanged, and the encoder's overshoot with it.
-        source = np.clip(audio.astype(np.float64), -ceiling, ceiling)
-        gain = 1.0
-        for _ in range(OGG_ATTEMPTS):
-            data = _encode_once(
-                quantise(source * gain, 32, ceiling_dbfs, 0), sample_rate, format, subtype, tags, ogg_quality
-            )
-            data = _set_ogg_serial(data, dither_seed)
-            peak, decoded_frames = _decoded_peak(data)
-            if decoded_frames != frames:
-                raise OutputError(f"Vorbis encoding gave {decoded_frames} frames for {frames}")
-            if peak <= ceiling:
-                break
-            gain *= ceiling / peak * 0.995
+    true_ceiling = None if true_peak_ceiling_dbtp is None else _ceiling_amplitude(true_peak_ceiling_dbtp)
+    measured_true_peak = None
+    # Clamped first: scaling down a signal that quantise() would clamp anyway would leave it
+    # unchanged, and an overshoot with it.
+    source = np.clip(audio.astype(np.float64), -ceiling, ceiling) if format == "ogg" else audio
+    gain = 1.0
+    for _ in range(OGG_ATTEMPTS):
+        if format == "ogg":
+            samples = quantise(source * gain, 32, ceiling_dbfs, 0)
+            data = _set_ogg_serial(_encode_once(samples, sample_rate, format, subtype, tags, ogg_quality), dither_seed)
         else:
-            raise OutputError(f"could not keep the Vorbis peak under {ceiling_dbfs} dBFS in {OGG_ATTEMPTS} attempts")
+            scaled = source if gain == 1.0 else source * gain
+            data = _encode_once(
+                quantise(scaled, bit_depth, ceiling_dbfs, dither_seed), sample_rate, format, subtype, tags, ogg_quality
+            )
+        peak, decoded_frames = _decoded_peak(data)
+        if decoded_frames != frames:
+            raise OutputError(f"{format} encoding gave {decoded_frames} frames for {frames}")
+        over = peak / ceiling if format == "ogg" and peak > ceiling else 1.0
+        if true_ceiling is not None:
+            measured_true_peak = _decoded_true_peak(data)
+            over = max(over, measured_true_peak / true_ceiling)
+        if over <= 1.0:
+            break
+        gain *= 0.995 / over
     else:
-        data = _encode_once(
-            quantise(audio, bit_depth, ceiling_dbfs, dither_seed), sample_rate, format, subtype, tags, ogg_quality
-        )
-        peak, _ = _decoded_peak(data)
+        raise OutputError(f"could not keep the {format} file's peak under its ceiling in {OGG_ATTEMPTS} attempts")
     return EncodedAudio(
         data=data,
         format=format,
@@ -199,4 +217,5 @@ def encode_audio(
         frames=int(frames),
         sha256=hashlib.sha256(data).hexdigest(),
         peak_dbfs=20 * math.log10(peak) if peak > 0 else float("-inf"),
+        true_peak_dbtp=20 * math.log10(measured_true_peak) if measured_true_peak else None,
     )

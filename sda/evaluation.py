@@ -51,6 +51,15 @@ Which files play which part (recorded under `split` in the JSON):
 Log-mel statistics depend on level, and generated clips are peak-normalised: for the Fréchet
 distances every clip and window is first scaled to an RMS of -20 dBFS. Fréchet distances from
 few clips are biased upwards: a small held-out part makes the floor lenient.
+
+A corpus of one-shots (`is_one_shot_corpus`: most of its files shorter than one model window) is
+evaluated over its hits, not over the silence that pads them. Every subject's clips are then
+hits one window long: the model's and the untrained twin's are rendered with chunking=oneshot,
+copy plays back reference windows (each a hit at its start, whole) and held_out the held-out
+windows, rather than streams cut at random places; each clip is scaled by its loudest 50 ms
+(the level `sda.data.windows` judges a hit by) instead of its mean over the window; and the
+frame statistics count only the frames of a hit (within HIT_FRAME_DB of its loudest frame).
+The JSON's `clips` says which way a corpus was evaluated.
 """
 
 from __future__ import annotations
@@ -64,10 +73,17 @@ from typing import Any
 
 import torch
 
-from sda.config import DatasetConfig, EvaluateConfig, GenerationConfig, PhaseConfig, resolve_device
+from sda.config import (
+    DatasetConfig,
+    EvaluateConfig,
+    GenerationConfig,
+    OneshotChunking,
+    PhaseConfig,
+    resolve_device,
+)
 from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import AudioClip, LoadedDataset, load_audio_folder
-from sda.data.windows import Augmentation, WindowSampler, split_by_file
+from sda.data.windows import SOUND_FRAME_S, Augmentation, WindowSampler, split_by_file
 from sda.dsp.phase import griffin_lim, inverse_mel, spectral_convergence
 from sda.dsp.spectrogram import SpectrogramSettings, decompress, istft, log_mel, stft
 from sda.errors import DatasetError
@@ -95,6 +111,10 @@ MODULATION_EDGES_HZ = (0.5, 2.0, 4.0, 8.0, 16.0, 64.0)  # the last band runs to 
 MODULATION_FLOOR = 1e-3  # log-mel units; keeps the log finite on steady bands
 MODULATION_HOP_FRACTION = 0.25  # segments of one model window, this fraction of it apart
 MODULATION_DIMS = MODULATION_BANDS * (len(MODULATION_EDGES_HZ) - 1)
+# A one-shot corpus's frames that count: those within this of the clip's loudest frame.
+HIT_FRAME_DB = 60.0
+# A corpus is one-shots when more than this share of its files is shorter than one model window.
+ONE_SHOT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -310,6 +330,23 @@ def feature_log_mels(audio: torch.Tensor, settings: SpectrogramSettings) -> torc
     return log_mel(rms_normalise(audio), settings)
 
 
+def hit_normalise(audio: torch.Tensor, sample_rate: int, dbfs: float = FEATURE_RMS_DBFS) -> torch.Tensor:
+    """Scale each `[..., samples]` hit so its loudest SOUND_FRAME_S has an RMS of `dbfs` (the level
+    a hit is judged by in training; silent rows stay silent)."""
+    frame = max(1, min(round(SOUND_FRAME_S * sample_rate), audio.shape[-1]))
+    power = torch.nn.functional.avg_pool1d(audio.pow(2).reshape(-1, 1, audio.shape[-1]), frame, stride=1)
+    rms = power.amax(dim=-1).sqrt().reshape(*audio.shape[:-1], 1)
+    return torch.where(rms > 0, audio * (10 ** (dbfs / 20) / rms.clamp(min=1e-12)), audio)
+
+
+def hit_frames(log_mels: torch.Tensor) -> torch.Tensor:
+    """The frames of `[N, n_mels, frames]` log-mels that belong to a hit, as rows `[M, n_mels]`:
+    those whose mel energy lies within HIT_FRAME_DB of their clip's loudest frame."""
+    energy = torch.expm1(log_mels).pow(2).sum(dim=-2)  # [N, frames]
+    keep = energy > energy.amax(dim=-1, keepdim=True) * 10 ** (-HIT_FRAME_DB / 10)
+    return log_mels.transpose(-1, -2)[keep]
+
+
 def gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Mean `[D]` and covariance `[D, D]` (float64) of `[N, D]` samples; None for fewer than 2."""
     if features.shape[0] < 2:
@@ -518,12 +555,14 @@ def corpus_split(dataset: LoadedDataset, model: LoadedModel, dataset_cfg: Datase
 
 @dataclass
 class Generated:
-    """The model, its untrained twin, and their clips `[N, samples]` (mono), made once per run."""
+    """The model, its untrained twin, and their clips `[N, samples]` (mono), made once per run:
+    `clips` of `clip_s`, and `hits` (one-shots, one window long) when a corpus asks for them."""
 
     model: LoadedModel
     untrained: LoadedModel
     device: torch.device
     clips: dict[str, torch.Tensor]
+    hits: dict[str, torch.Tensor] | None = None
 
 
 def load_corpus(dataset_cfg: DatasetConfig, base_dir: Path, sample_rate: int, key: str = "dataset") -> LoadedDataset:
@@ -537,16 +576,43 @@ def load_corpus(dataset_cfg: DatasetConfig, base_dir: Path, sample_rate: int, ke
     return load_audio_folder(root, sample_rate)
 
 
-def generate_subjects(model: LoadedModel, cfg: EvaluateConfig, device: torch.device) -> Generated:
-    """The untrained twin of `model`, and both subjects' clips."""
+def generate_subjects(
+    model: LoadedModel, cfg: EvaluateConfig, device: torch.device, hits: bool = False, clips: bool = True
+) -> Generated:
+    """The untrained twin of `model`, and both subjects' clips of `clip_s` (unless not `clips`)
+    and, with `hits`, their one-shots."""
     untrained = untrained_like(model, cfg.seed)
-    generation = GenerationConfig(duration_s=cfg.clip_s, phase=cfg.phase, device=cfg.device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.generated_clips))
-    clips = {}
-    for subject, subject_model in (("model", model), ("untrained", untrained)):
-        results = GenerationPipeline(subject_model, generation, device).generate(seeds)
-        clips[subject] = torch.stack([torch.from_numpy(r.audio).mean(dim=0) for r in results])
-    return Generated(model, untrained, device, clips)
+
+    def render(generation: GenerationConfig, samples: int | None = None) -> dict[str, torch.Tensor]:
+        rendered = {}
+        for subject, subject_model in (("model", model), ("untrained", untrained)):
+            results = GenerationPipeline(subject_model, generation, device).generate(seeds)
+            mono = [torch.from_numpy(r.audio).mean(dim=0) for r in results]
+            if samples is not None:  # one-shots, each its own length: padded with silence to a window
+                mono = [torch.nn.functional.pad(clip, (0, samples - clip.shape[0])) for clip in mono]
+            rendered[subject] = torch.stack(mono)
+        return rendered
+
+    textures = render(GenerationConfig(duration_s=cfg.clip_s, phase=cfg.phase, device=cfg.device)) if clips else {}
+    one_shots = None
+    if hits:
+        window_s = model.settings.window_samples / model.settings.sample_rate
+        oneshot = GenerationConfig(duration_s=window_s, chunking=OneshotChunking(), phase=cfg.phase, device=cfg.device)
+        one_shots = render(oneshot, model.settings.window_samples)
+    return Generated(model, untrained, device, textures, one_shots)
+
+
+def is_one_shot_corpus(dataset: LoadedDataset, window_samples: int) -> bool:
+    """More than ONE_SHOT_SHARE of the corpus's files are shorter than one model window."""
+    short = sum(1 for clip in dataset.clips if clip.audio.shape[0] < window_samples)
+    return short > ONE_SHOT_SHARE * len(dataset.clips)
+
+
+def pick_windows(windows: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """`[count, samples]` rows of `windows` drawn at random (with replacement) from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    return windows[torch.randint(0, windows.shape[0], (count,), generator=g)]
 
 
 def evaluate_corpus(
@@ -566,33 +632,60 @@ def evaluate_corpus(
     reconstruction_windows = windows_of(split.reconstruction)
     if reference_windows.shape[0] == 0 or reconstruction_windows.shape[0] == 0:
         raise DatasetError(f"{key}.path={str(dataset.root)!r}: no usable window to evaluate on")
-    held_out_stream = _laid_end_to_end(split.held_out, window, silence)
+    hits = is_one_shot_corpus(dataset, window)
+    if hits:  # every clip one hit, one window long (see the module docstring)
+        clip_samples = window
+        held_out_stream = windows_of(split.held_out).reshape(-1)
+    else:
+        held_out_stream = _laid_end_to_end(split.held_out, window, silence)
     if held_out_stream.shape[0] == 0:
         log.warning("%s: no held-out audio; the real-data floor is not measured", dataset.root)
 
     average_magnitude = stft(reference_windows.to(device), settings).abs().mean(dim=(0, 2)).cpu()
-    clips = {
-        **generated.clips,
-        "shaped_noise": shaped_noise(average_magnitude, settings, cfg.generated_clips, clip_samples, cfg.seed + 1),
-        "copy": copy_clips(
-            _laid_end_to_end(split.reference, window, silence), cfg.generated_clips, clip_samples, cfg.seed
-        ),
-    }
-    if held_out_stream.shape[0]:
-        clips["held_out"] = covering_clips(held_out_stream, clip_samples)
+    if hits:
+        if generated.hits is None:
+            raise ValueError("a one-shot corpus needs the subjects' one-shots: generate_subjects(..., hits=True)")
+        clips = {
+            **generated.hits,
+            "copy": pick_windows(reference_windows, cfg.generated_clips, cfg.seed),
+        }
+        if held_out_stream.shape[0]:
+            clips["held_out"] = held_out_stream.reshape(-1, window)
+    else:
+        clips = {
+            **generated.clips,
+            "copy": copy_clips(
+                _laid_end_to_end(split.reference, window, silence), cfg.generated_clips, clip_samples, cfg.seed
+            ),
+        }
+        if held_out_stream.shape[0]:
+            clips["held_out"] = covering_clips(held_out_stream, clip_samples)
+    clips["shaped_noise"] = shaped_noise(average_magnitude, settings, cfg.generated_clips, clip_samples, cfg.seed + 1)
+
+    def features(audio: torch.Tensor) -> torch.Tensor:
+        if hits:
+            return log_mel(hit_normalise(audio.to(device), settings.sample_rate), settings)
+        return feature_log_mels(audio.to(device), settings)
+
+    def frames_of(log_mels: torch.Tensor) -> torch.Tensor:
+        return hit_frames(log_mels) if hits else log_mel_frames(log_mels)
 
     figures: dict[str, dict[str, float | None]] = {s: dict.fromkeys(FIGURES) for s in SUBJECTS}
     _reconstruction(figures, generated, reconstruction_windows, average_magnitude, cfg)
-    reference_log_mels = feature_log_mels(reference_windows.to(device), settings)
-    reference_frames = gaussian(log_mel_frames(reference_log_mels))
+    reference_log_mels = features(reference_windows)
+    reference_frame_rows = frames_of(reference_log_mels)
+    reference_frames = gaussian(reference_frame_rows)
     reference_modulation = gaussian(modulation_features(reference_log_mels, settings))
     index = NoveltyIndex.build(((c.path.as_posix(), c.audio) for c in split.reference), silence_dbfs=silence)
     nearest: dict[str, list[dict[str, Any] | None]] = {}
-    samples = {"reference": {"frames": reference_log_mels.shape[0] * reference_log_mels.shape[-1]}}
+    samples = {"reference": {"frames": reference_frame_rows.shape[0]}}
     samples["reference"]["modulation_segments"] = reference_windows.shape[0]
-    for subject, subject_clips in clips.items():
-        log_mels = feature_log_mels(subject_clips.to(device), settings)
-        frames, modulation = log_mel_frames(log_mels), modulation_features(log_mels, settings)
+    for subject in SUBJECTS:
+        if subject not in clips:
+            continue
+        subject_clips = clips[subject]
+        log_mels = features(subject_clips)
+        frames, modulation = frames_of(log_mels), modulation_features(log_mels, settings)
         samples[subject] = {"frames": frames.shape[0], "modulation_segments": modulation.shape[0]}
         figures[subject]["frechet_distance"] = _frechet_or_none(gaussian(frames), reference_frames)
         figures[subject]["modulation_frechet_distance"] = _frechet_or_none(gaussian(modulation), reference_modulation)
@@ -632,7 +725,12 @@ def evaluate_corpus(
         "novelty_index": {"windows": len(index), "bytes": index.nbytes, "fingerprint": settings_dict()},
         "near_copy_db": NEAR_COPY_DB,
         "generated_clips": cfg.generated_clips,
-        "clip_s": cfg.clip_s,
+        "clip_s": clip_samples / settings.sample_rate,
+        "clips": (
+            "hits: one-shots one window long, levelled by their loudest 50 ms, frames of the hits only"
+            if hits
+            else "clips of clip_s, levelled by their RMS, every frame"
+        ),
         "seed": cfg.seed,
         "phase": cfg.phase.to_dict(),
         "feature_rms_dbfs": FEATURE_RMS_DBFS,
@@ -689,7 +787,8 @@ def evaluate_model(cfg: EvaluateConfig, base_dir: Path) -> Evaluation:
     device = resolve_device(cfg.device)
     model = load_model(resolve_checkpoint(cfg.model.checkpoint, base_dir), device)
     dataset = load_corpus(cfg.dataset, base_dir, model.settings.sample_rate)
-    return evaluate_corpus(generate_subjects(model, cfg, device), dataset, cfg.dataset, cfg)
+    hits = is_one_shot_corpus(dataset, model.settings.window_samples)
+    return evaluate_corpus(generate_subjects(model, cfg, device, hits, not hits), dataset, cfg.dataset, cfg)
 
 
 def evaluate_suite(cfg: EvaluateConfig, base_dir: Path) -> SuiteEvaluation:
@@ -708,7 +807,20 @@ def evaluate_suite(cfg: EvaluateConfig, base_dir: Path) -> SuiteEvaluation:
         name: load_corpus(corpus, base_dir, models[checkpoints[name]].settings.sample_rate, f"suite.corpora.{name}")
         for name, corpus in cfg.suite.corpora.items()
     }
-    generated = {checkpoint: generate_subjects(model, cfg, device) for checkpoint, model in models.items()}
+    one_shots = {
+        name: is_one_shot_corpus(dataset, models[checkpoints[name]].settings.window_samples)
+        for name, dataset in datasets.items()
+    }
+    generated = {
+        checkpoint: generate_subjects(
+            model,
+            cfg,
+            device,
+            hits=any(one_shots[name] for name in datasets if checkpoints[name] == checkpoint),
+            clips=any(not one_shots[name] for name in datasets if checkpoints[name] == checkpoint),
+        )
+        for checkpoint, model in models.items()
+    }
     results = {}
     for name, corpus in cfg.suite.corpora.items():
         log.info("evaluating on %s", name)

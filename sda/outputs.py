@@ -33,7 +33,7 @@ from typing import Any
 
 import soundfile as sf
 
-from sda.config import GenerationConfig
+from sda.config import GenerationConfig, Normalize
 from sda.encode import EXTENSIONS, EncodedAudio, encode_audio
 from sda.files import TEMP_GLOB, file_sha256, write_atomic, write_json_atomic
 from sda.numerics import numerics_status
@@ -156,6 +156,31 @@ def audio_tags(result: GenerationResult, identity: str) -> dict[str, str]:
     }
 
 
+def level_record(result: GenerationResult) -> dict[str, Any]:
+    """The sidecar's `level`: how the level was set (`normalize`, and for loudness its target and
+    true-peak ceiling) and what the delivered audio measures (integrated loudness, true peak;
+    for loudness, the gain and by how many LU the ceiling kept it short of its target)."""
+    export = result.config.export
+    record: dict[str, Any] = {"normalize": export.normalize.value}
+    if export.normalize == Normalize.loudness:
+        record["target_lufs"] = export.loudness_lufs
+        record["true_peak_ceiling_dbtp"] = export.true_peak_dbtp
+    if result.level is not None:
+        record.update(result.level.to_dict())
+    return record
+
+
+def length_record(result: GenerationResult) -> dict[str, Any]:
+    """The sidecar's `length`: the file's frames and seconds, and what decided them (a one-shot's
+    length is its sound's; every other output's is duration_s exactly)."""
+    cfg = result.config
+    return {
+        "frames": result.frames,
+        "seconds": result.frames / result.sample_rate,
+        "rule": cfg.chunking.length_rule(cfg.duration_s),
+    }
+
+
 def sidecar_record(
     result: GenerationResult,
     identity: str,
@@ -179,12 +204,16 @@ def sidecar_record(
             "sha256": encoded.sha256,
             # -inf for digital silence, which JSON cannot hold: None, as in the quality record
             "peak_dbfs": encoded.peak_dbfs if math.isfinite(encoded.peak_dbfs) else None,
+            # measured on the decoded file only under a true-peak ceiling (normalize=loudness)
+            "true_peak_dbtp": encoded.true_peak_dbtp,
         },
         "seeds": {"left": result.seed, "right": result.right_seed},
         "seed": result.seed,
         "model": {"name": result.model_name, "sha256": result.model_sha256, "checkpoint": cfg.model.checkpoint},
         "config": cfg.generation_fields(),
         "duration_s": cfg.duration_s,
+        "length": length_record(result),
+        "level": level_record(result),
         "sample_rate": result.sample_rate,
         "bit_depth": cfg.export.bit_depth,
         "channels": result.channels,
@@ -221,6 +250,7 @@ def save_result(result: GenerationResult, folder: str | Path, extra: dict[str, A
         tags=audio_tags(result, identity),
         dither_seed=int(identity, 16) & 0xFFFFFFFF,
         ogg_quality=getattr(cfg.export, "quality", 0.7),
+        true_peak_ceiling_dbtp=cfg.export.true_peak_dbtp if cfg.export.normalize == Normalize.loudness else None,
     )
     audio_path, sidecar_path = reserve_output_paths(folder, datetime.now(UTC), result.seed, cfg.export.format)
     record = sidecar_record(result, identity, audio_path.name, encoded, extra)

@@ -4,7 +4,11 @@ For a batch of seeds, every stage runs once over the whole batch:
 
     latents per seed (CPU generators) -> one decoder pass over every chunk/window of every voice
     -> inverse mel -> Griffin-Lim over the batch -> anti-alias -> stereo -> peak normalise
-    -> resample (only here, to the export rate) -> quality metrics -> exact-length trim
+    -> resample (only here, to the export rate) -> [one-shots: tail trimmed] -> level (peak or
+    loudness) -> exact-length trim -> quality metrics
+
+One-shots (`chunking=oneshot`) are one model window per voice, reconstructed from its start and
+ended where the sound ends: each has its own length, at most duration_s and one window.
 
 A "voice" is one mono generation: a mono or mid_side item has one, a dual_seed item two (its left
 seed and its derived right seed). Everything up to the final copy to host memory stays on the
@@ -32,18 +36,22 @@ from sda.config import (
     GenerationConfig,
     LatentInterpChunking,
     MidSideStereo,
+    OneshotChunking,
 )
 from sda.dsp.chunking import (
     CrossfadeLayout,
     LatentInterpLayout,
+    OneshotLayout,
     cola_window,
     crossfade_layout,
     equal_power_crossfade,
     interpolate_anchors,
     latent_interp_layout,
+    oneshot_layout,
     overlap_add_frames,
 )
-from sda.dsp.finish import FinishSettings, finish
+from sda.dsp.finish import FinishSettings, ItemLevel, OneshotEnd, finish
+from sda.dsp.loudness import Levels, amplitude_dbtp, true_peak
 from sda.dsp.phase import griffin_lim, inverse_mel
 from sda.dsp.quality import QualityMetrics, measure_quality_batch
 from sda.dsp.spectrogram import decompress
@@ -70,8 +78,9 @@ MARGIN_SAMPLES = 256
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """One finished output. `audio` is `[channels, frames]` float32 at `sample_rate`, exactly
-    round(duration_s * sample_rate) frames, peak at most -1 dBFS."""
+    """One finished output. `audio` is `[channels, frames]` float32 at `sample_rate`: exactly
+    round(duration_s * sample_rate) frames (a one-shot: its own length, at most that), sample peak
+    at most -1 dBFS. `level`: its loudness and true peak, and what a loudness normalisation did."""
 
     seed: int
     right_seed: int | None
@@ -85,6 +94,7 @@ class GenerationResult:
     started_at: datetime
     finished_at: datetime
     timings_s: dict[str, float] = field(default_factory=dict)
+    level: ItemLevel | None = None
 
     @property
     def channels(self) -> int:
@@ -157,12 +167,17 @@ class GenerationPipeline:
         self.phase_frames_per_group = PHASE_FRAMES_PER_GROUP[self.device.type == "cuda"]
         self.decode_group = DECODE_GROUP[self.device.type == "cuda"]
         self.last_batch_sizes: list[int] = []
-        stereo = config.stereo
+        stereo, chunking, export = config.stereo, config.chunking, config.export
+        oneshot = isinstance(chunking, OneshotChunking)
         self.finish_settings = FinishSettings(
             stereo=stereo.mode,
             width=stereo.width if isinstance(stereo, MidSideStereo) else 1.0,
             haas_ms=stereo.haas_ms if isinstance(stereo, MidSideStereo) else 0.0,
-            output_sample_rate=config.export.sample_rate,
+            output_sample_rate=export.sample_rate,
+            normalize=export.normalize.value,
+            loudness_lufs=export.loudness_lufs,
+            true_peak_dbtp=export.true_peak_dbtp,
+            oneshot=OneshotEnd(chunking.silence_db, chunking.fade_ms) if oneshot else None,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -212,19 +227,32 @@ class GenerationPipeline:
         right_seeds = [seeding.right_seed(s) for s in seeds] if dual else []
         needed = math.ceil(cfg.duration_s * self.settings.sample_rate) + MARGIN_SAMPLES
 
-        voices = self.render_voices(list(seeds) + right_seeds, needed, clock)  # [V, 1, needed]
+        voices = self.render_voices(list(seeds) + right_seeds, needed, clock)  # [V, 1, >= needed]
         with clock.stage("dsp"):
-            frames = round(cfg.duration_s * cfg.export.sample_rate)
-            audio = finish(voices, self.settings.sample_rate, self.finish_settings, frames)
-            metrics = measure_quality_batch(audio, cfg.export.sample_rate)
-            host = audio.float().cpu().numpy()
-        finished = datetime.now(UTC)
+            finished = finish(voices, self.settings.sample_rate, self.finish_settings, self.output_frames())
+            if self.finish_settings.oneshot is None:
+                metrics = measure_quality_batch(finished.audio, cfg.export.sample_rate)
+            else:  # one-shots: each measured over its own length
+                metrics = [
+                    measure_quality_batch(finished.item(i)[None], cfg.export.sample_rate)[0] for i in range(len(seeds))
+                ]
+            # What every sidecar records: the delivered audio's loudness (the quality metrics'
+            # measurement) and true peak, and what a loudness normalisation did.
+            levels = [
+                ItemLevel(
+                    Levels(metrics[i].loudness_lufs, amplitude_dbtp(true_peak(finished.item(i)))),
+                    finished.loudness[i],
+                )
+                for i in range(len(seeds))
+            ]
+            host = finished.audio.float().cpu().numpy()
+        finished_at = datetime.now(UTC)
         share = {stage: seconds / len(seeds) for stage, seconds in clock.seconds.items()}
         return [
             GenerationResult(
                 seed=int(seed),
                 right_seed=right_seeds[i] if dual else None,
-                audio=np.ascontiguousarray(host[i]),
+                audio=np.ascontiguousarray(host[i, :, : finished.frames[i]]),
                 sample_rate=cfg.export.sample_rate,
                 metrics=metrics[i],
                 config=cfg,
@@ -232,11 +260,22 @@ class GenerationPipeline:
                 model_sha256=self.model.sha256,
                 device=str(self.device),
                 started_at=started,
-                finished_at=finished,
+                finished_at=finished_at,
                 timings_s=dict(share),
+                level=levels[i],
             )
             for i, seed in enumerate(seeds)
         ]
+
+    def output_frames(self) -> int:
+        """Frames of every output at the export rate: round(duration_s * rate); for one-shots the
+        most a hit may have (one model window at most)."""
+        cfg = self.config
+        frames = round(cfg.duration_s * cfg.export.sample_rate)
+        if isinstance(cfg.chunking, OneshotChunking):
+            window = self.settings.window_samples * cfg.export.sample_rate // self.settings.sample_rate
+            frames = min(frames, window)
+        return frames
 
     # ----------------------------------------------------------------------------------------
     def render_voices(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> torch.Tensor:
@@ -256,6 +295,9 @@ class GenerationPipeline:
                 chunking.anchor_interval_s,
             )
             return self._render_latent_interp(voice_seeds, layout, clock)[..., :samples]
+        if isinstance(chunking, OneshotChunking):
+            layout = oneshot_layout(samples, self.settings.window_samples, self.settings.hop_length)
+            return self._render_oneshot(voice_seeds, layout, clock)
         raise TypeError(f"no renderer for chunking option {type(chunking).__name__}")
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -332,6 +374,20 @@ class GenerationPipeline:
             spectrogram = overlap_add_frames(log_mels, layout.hop_frames, window)  # [V, n_mels, total_frames]
         with clock.stage("phase"):
             audio = self._phase(spectrogram, layout.length, self._phase_generators(voice_seeds, 1))
+        return audio.unsqueeze(1)
+
+    def _render_oneshot(self, voice_seeds: Sequence[int], layout: OneshotLayout, clock: StageClock) -> torch.Tensor:
+        """`[V, 1, layout.window]`: one latent per voice (its seed's first), one decoded window,
+        reconstructed from its start after silence (see OneshotLayout): the window as the model
+        made it, attack first, nothing cut from it and nothing joined to it. Where it ends is the
+        finishing chain's business."""
+        latent_dim = self.model.latent_dim
+        with clock.stage("decode"):
+            latents = torch.stack([seeding.sample_latents(s, 1, latent_dim)[0] for s in voice_seeds])
+            log_mels = self._decode(latents.to(self.device))  # [V, n_mels, T]
+            log_mels = torch.nn.functional.pad(log_mels, (layout.pre_roll_frames, 0))  # log1p(0): silence
+        with clock.stage("phase"):
+            audio = self._phase(log_mels, layout.length, self._phase_generators(voice_seeds, 1))[:, layout.start :]
         return audio.unsqueeze(1)
 
 

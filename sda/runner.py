@@ -252,9 +252,10 @@ def _check_writable(folder: Path) -> None:
 
 
 def estimate_output_bytes(config: GenerationConfig) -> int:
-    """Upper estimate of one job's audio bytes (sidecars are a few kB)."""
+    """Upper estimate of one job's audio bytes (sidecars are a few kB). A one-shot is counted at
+    its longest (duration_s, at most the longest model window)."""
     bytes_per_sample = {16: 2, 24: 3, 32: 4}[config.export.bit_depth]
-    frames = round(config.duration_s * config.export.sample_rate)
+    frames = round(config.chunking.longest_output_s(config.duration_s) * config.export.sample_rate)
     return config.count * (frames * config.stereo.channels * bytes_per_sample + 16_384)
 
 

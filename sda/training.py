@@ -7,7 +7,9 @@ beta * KL(q(z|x) || N(0, I)). KL warm-up ramps beta from 0 over `kl_warmup_epoch
 learns to use the latents before they are pulled to the prior; free bits (a floor of `free_bits`
 nats per latent dimension, on the batch-averaged KL) keep dimensions from collapsing at once.
 A dimension counts as active when the variance of its posterior mean across validation windows
-exceeds 0.01. Early stopping watches the validation loss (full beta) once warm-up is over.
+exceeds 0.01 (each epoch's figure); the record's final count is taken over every unaugmented
+window, training and validation, as a folder of one-shots may validate on one or two windows.
+Early stopping watches the validation loss (full beta) once warm-up is over.
 
 Randomness comes from generators made from `seed`: `sampling`, always on the CPU, draws the
 window order and the augmentation (so an epoch's windows are the same on any device), and
@@ -24,6 +26,7 @@ continues to exactly the weights an uninterrupted run reaches.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import pickle
@@ -44,7 +47,7 @@ from tqdm import tqdm
 from sda.config import TrainConfig, resolve_device
 from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import AudioClip, LoadedDataset, load_audio_folder, printable
-from sda.data.windows import Augmentation, WindowSampler, split_by_file
+from sda.data.windows import Augmentation, WindowSampler, silence_reason, split_by_file
 from sda.dsp.spectrogram import SpectrogramSettings, log_mel
 from sda.errors import DatasetError, SdaError
 from sda.model import MelVAE, read_checkpoint, save_checkpoint, save_torch_file
@@ -117,6 +120,34 @@ def dataset_root(cfg: TrainConfig, base_dir: Path) -> Path:
 # Data
 
 
+@dataclass(frozen=True)
+class WindowSource:
+    """Where a sampler's windows came from: how many from how many files, how many of those files
+    are shorter than a window (one padded window each), and the files that gave none, with why."""
+
+    windows: int
+    files: int
+    short_files: int
+    silent: list[tuple[AudioClip, str]]
+
+    @classmethod
+    def of(cls, sampler: WindowSampler, clips: list[AudioClip], cfg: TrainConfig) -> WindowSource:
+        settings, window = cfg.spectrogram, cfg.spectrogram.window_samples
+        hop = max(1, round(window * cfg.dataset.hop_fraction))
+        used = [clip for clip, n in zip(clips, sampler.windows_per_clip, strict=True) if n > 0]
+        silent = [
+            (clip, silence_reason(clip.audio, window, hop, cfg.dataset.silence_dbfs, settings.sample_rate))
+            for clip, n in zip(clips, sampler.windows_per_clip, strict=True)
+            if n == 0
+        ]
+        short = sum(1 for clip in used if clip.audio.shape[0] < window)
+        return cls(windows=len(sampler), files=len(used), short_files=short, silent=silent)
+
+    def text(self) -> str:
+        short = f" ({self.short_files} shorter than a window: each placed at its start and padded)"
+        return f"{self.windows} windows from {self.files} files" + (short if self.short_files else "")
+
+
 @dataclass
 class TrainingData:
     """What a run trains and validates on, prepared once per run (and again, identically, on resume)."""
@@ -129,11 +160,28 @@ class TrainingData:
     train_sampler: WindowSampler
     validation_log_mels: torch.Tensor  # [windows, n_mels, frames] on the training device
     independent_validation: bool
+    train_source: WindowSource
+    validation_source: WindowSource  # the training windows' when validation is not independent
+
+    @property
+    def short_files(self) -> int:
+        """Files shorter than a window (one padded window each) among those trained or validated on."""
+        validation = self.validation_source.short_files if self.independent_validation else 0
+        return self.train_source.short_files + validation
+
+    @property
+    def silent_files(self) -> list[tuple[AudioClip, str]]:
+        """Files read but giving no window, each with why (once, though a split clip is two)."""
+        found: dict[Path, tuple[AudioClip, str]] = {}
+        for clip, reason in [*self.train_source.silent, *self.validation_source.silent]:
+            found.setdefault(clip.path, (clip, reason))
+        return list(found.values())
 
 
 def prepare_data(cfg: TrainConfig, root: Path, device: torch.device) -> TrainingData:
     """Load the folder (writing the demo corpus first when asked), split it by file, and build the
-    training sampler and the fixed validation log-mels. Raises DatasetError when nothing is usable."""
+    training sampler and the fixed validation log-mels. Logs how many windows came from how many
+    files, and names every file that gives none. Raises DatasetError when nothing is usable."""
     settings, data_cfg = cfg.spectrogram, cfg.dataset
     if data_cfg.synthesize_demo:
         ensure_demo_corpus(root, seed=data_cfg.demo_seed)
@@ -142,20 +190,27 @@ def prepare_data(cfg: TrainConfig, root: Path, device: torch.device) -> Training
         list(dataset.clips), data_cfg.validation_fraction, cfg.seed, settings.sample_rate
     )
     hop_samples = max(1, round(settings.window_samples * data_cfg.hop_fraction))
-    train_sampler = WindowSampler(
-        train_clips, settings.window_samples, hop_samples, data_cfg.silence_dbfs, cfg.augmentation
-    )
+    train_sampler = _sampler(train_clips, cfg, hop_samples, cfg.augmentation)
+    validation_sampler = _sampler(validation_clips, cfg, hop_samples, Augmentation.none())
+    train_source = WindowSource.of(train_sampler, train_clips, cfg)
+    validation_source = WindowSource.of(validation_sampler, validation_clips, cfg)
+    for clip, reason in [*train_source.silent, *validation_source.silent]:
+        log.warning("skipping %s: %s", printable(clip.path), reason)
     if len(train_sampler) == 0:
         raise DatasetError(
             f"dataset.path={printable(root)!r}: no usable {settings.window_s:g} s window "
             f"above {data_cfg.silence_dbfs:g} dBFS "
             f"in {dataset.fingerprint.total_seconds:.2f} s of audio; need at least one window of sound"
         )
-    validation_windows = _fixed_windows(validation_clips, settings, hop_samples, data_cfg.silence_dbfs)
-    independent = validation_windows.shape[0] > 0
-    if not independent:
+    log.info("training on %s", train_source.text())
+    independent = len(validation_sampler) > 0
+    if independent:
+        validation_windows = validation_sampler.fixed_windows()
+        log.info("validating on %s", validation_source.text())
+    else:
         log.warning("the validation files hold no usable window; validating on training windows (not independent)")
-        validation_windows = _fixed_windows(train_clips, settings, hop_samples, data_cfg.silence_dbfs)
+        validation_windows = _sampler(train_clips, cfg, hop_samples, Augmentation.none()).fixed_windows()
+        validation_source = dataclasses.replace(train_source, silent=validation_source.silent)
     return TrainingData(
         root=root,
         dataset=dataset,
@@ -165,14 +220,16 @@ def prepare_data(cfg: TrainConfig, root: Path, device: torch.device) -> Training
         train_sampler=train_sampler,
         validation_log_mels=windows_to_log_mel(validation_windows, settings, device),
         independent_validation=independent,
+        train_source=train_source,
+        validation_source=validation_source,
     )
 
 
-def _fixed_windows(
-    clips: list[AudioClip], settings: SpectrogramSettings, hop_samples: int, silence_dbfs: float
-) -> torch.Tensor:
-    sampler = WindowSampler(clips, settings.window_samples, hop_samples, silence_dbfs, Augmentation.none())
-    return sampler.fixed_windows() if len(sampler) else torch.empty(0, settings.window_samples)
+def _sampler(clips: list[AudioClip], cfg: TrainConfig, hop_samples: int, augmentation: Augmentation) -> WindowSampler:
+    settings = cfg.spectrogram
+    return WindowSampler(
+        clips, settings.window_samples, hop_samples, cfg.dataset.silence_dbfs, augmentation, settings.sample_rate
+    )
 
 
 @torch.no_grad()
@@ -192,7 +249,9 @@ def mel_statistics(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-mel-bin mean and standard deviation `[n_mels]` over every frame of the unaugmented
     training windows, streamed in batches (a large dataset never sits in memory as log-mels)."""
-    sampler = WindowSampler(clips, settings.window_samples, hop_samples, silence_dbfs, Augmentation.none())
+    sampler = WindowSampler(
+        clips, settings.window_samples, hop_samples, silence_dbfs, Augmentation.none(), settings.sample_rate
+    )
     total = torch.zeros(settings.n_mels, dtype=torch.float64, device=device)
     squares = torch.zeros_like(total)
     count = 0
@@ -471,6 +530,28 @@ def validate(
     return ValidationFigures(recon, kl, recon + beta * kl, active, sc_sum / n)
 
 
+@torch.no_grad()
+def active_dimensions(model: MelVAE, data: TrainingData, cfg: TrainConfig) -> int:
+    """Latent dimensions whose posterior mean varies (variance > ACTIVE_DIM_VARIANCE) across every
+    unaugmented training window and the validation windows, streamed in batches."""
+    model.eval()
+    device = model.mel_mean.device
+    fixed = _sampler(data.train_clips, cfg, data.hop_samples, Augmentation.none())
+    batches = (log_mel(batch.to(device), cfg.spectrogram) for batch in fixed.fixed_batches(64))
+    validation = data.validation_log_mels.split(64) if data.independent_validation else ()
+    total = torch.zeros(model.hyper.latent_dim, dtype=torch.float64, device=device)
+    squares, count = torch.zeros_like(total), 0
+    for log_mels in itertools.chain(batches, validation):
+        mu = model.encode(log_mels)[0].double()
+        total += mu.sum(dim=0)
+        squares += mu.pow(2).sum(dim=0)
+        count += mu.shape[0]
+    if count < 2:
+        return 0
+    variance = squares / count - (total / count).pow(2)
+    return int((variance > ACTIVE_DIM_VARIANCE).sum().item())
+
+
 def end_epoch(state: TrainState, row: EpochRecord, cfg: TrainConfig) -> None:
     """Record an epoch; after warm-up, step the learning-rate schedule and keep the best weights
     (an improvement beats the best by more than `min_delta`)."""
@@ -663,11 +744,17 @@ def _finish(
             total_seconds=fingerprint.total_seconds,
             content_hash=fingerprint.content_hash,
             path=printable(data.root),
-            skipped=[{"path": printable(s.path), "reason": s.reason} for s in data.dataset.skipped],
+            skipped=[
+                *({"path": printable(s.path), "reason": s.reason} for s in data.dataset.skipped),
+                *({"path": printable(clip.path), "reason": reason} for clip, reason in data.silent_files),
+            ],
             train_files=len(data.train_clips),
             validation_files=len(data.validation_clips),
             train_windows=len(data.train_sampler),
             validation_windows=int(data.validation_log_mels.shape[0]),
+            train_window_files=data.train_source.files,
+            validation_window_files=data.validation_source.files,
+            short_files=data.short_files,
             independent_validation=data.independent_validation,
         ),
         epochs=last.epoch,
@@ -679,7 +766,7 @@ def _finish(
         validation_reconstruction=final.reconstruction,
         validation_kl=final.kl,
         validation_mel_spectral_convergence=final.mel_spectral_convergence,
-        active_latent_dims=final.active_dims,
+        active_latent_dims=active_dimensions(state.model, data, cfg),
         latent_dim=cfg.model.latent_dim,
         wall_time_s=session.elapsed_before_s + time.perf_counter() - session.started,
         windows_seen=state.windows_seen,

@@ -26,7 +26,11 @@ def _known_fields(cls: type, data: dict[str, Any], exclude: tuple[str, ...] = ()
 @dataclass(frozen=True)
 class DatasetRecord:
     """The training data: its fingerprint (`sda.data.folder.DatasetFingerprint`) and how it was used.
-    `path` and the skipped files' paths are printable text (`sda.data.folder.printable`)."""
+    `path` and the skipped files' paths are printable text (`sda.data.folder.printable`).
+    `skipped` names every file that was not used, and why: unreadable, or read but giving no window
+    (silent). `train_window_files` and `validation_window_files` count the files the windows came
+    from (the training files' when validation is not independent); `short_files` those of them
+    shorter than a window, each trained on as one window padded with silence."""
 
     file_count: int = 0
     total_seconds: float = math.nan
@@ -37,6 +41,9 @@ class DatasetRecord:
     validation_files: int = 0
     train_windows: int = 0
     validation_windows: int = 0
+    train_window_files: int = 0
+    validation_window_files: int = 0
+    short_files: int = 0
     independent_validation: bool = True
 
     @classmethod
@@ -129,8 +136,12 @@ class TrainingRecord:
 
     def summary(self, model_path: Path | str) -> str:
         """One line for the log: where the model went, the data, how training ended, speed."""
+        data = self.dataset
+        skipped = f", {len(data.skipped)} skipped" if data.skipped else ""
+        short = f", {data.short_files} shorter than a window" if data.short_files else ""
         return (
-            f"saved {model_path} | {self.dataset.file_count} files, {self.dataset.total_seconds:.1f} s | "
+            f"saved {model_path} | {data.file_count} files, {data.total_seconds:.1f} s{skipped} | "
+            f"{data.train_windows} training windows from {data.train_window_files} files{short} | "
             f"{self.epochs} epochs ({self.stopped_because}) | train loss {self.final_train_loss:.1f}, "
             f"validation loss {self.final_validation_loss:.1f} "
             f"(best {self.best_validation_loss:.1f} at epoch {self.best_epoch}) | "

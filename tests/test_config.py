@@ -56,7 +56,12 @@ def test_valid_overrides_compose(overrides, check):
     "overrides, key, value, allowed",
     [
         (["+foo=1"], "foo", "1", "unknown key; keys at the top level: batch_size, chunking, count"),
-        (["+export.foo=1"], "export.foo", "1", "unknown key; keys of export=wav: bit_depth, sample_rate"),
+        (
+            ["+export.foo=1"],
+            "export.foo",
+            "1",
+            "unknown key; keys of export=wav: bit_depth, loudness_lufs, normalize, sample_rate, true_peak_dbtp",
+        ),
         (["+stereo.extra=2"], "stereo.extra", "2", "unknown key; keys of stereo=mono: none"),
         (["stereo.width=0.5"], "stereo.width", "0.5", "not a key of this option; keys of stereo=mono: none"),
         (
@@ -65,7 +70,12 @@ def test_valid_overrides_compose(overrides, check):
             "0.5",
             "keys of chunking=latent_interp: anchor_interval_s",
         ),
-        (["export=ogg", "export.bit_depth=16"], "export.bit_depth", "16", "keys of export=ogg: quality, sample_rate"),
+        (
+            ["export=ogg", "export.bit_depth=16"],
+            "export.bit_depth",
+            "16",
+            "keys of export=ogg: loudness_lufs, normalize, quality, sample_rate, true_peak_dbtp",
+        ),
         (["foo=1"], "foo", "1", "unknown key"),
         (["duration_s=abc"], "duration_s", "abc", "expected a float"),
         (["seed=1.5"], "seed", "1.5", "expected an integer"),

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from sda.config import OPTIONS, GenerationConfig, WavExport
+from sda.config import OPTIONS, GenerationConfig, Normalize, OneshotChunking, WavExport
 from sda.dsp.difference import log_spectral_distance_db, peak_difference_dbfs
 from sda.model import load_model
 from sda.numerics import GPU_BATCH, GPU_VS_CPU
@@ -96,8 +96,33 @@ def test_cuda_render_has_the_exact_length_and_level_and_is_near_the_cpu_render(m
         assert peak <= GPU_VS_CPU_PEAK_DBFS and lsd <= GPU_VS_CPU_LSD_DB
 
 
+@pytest.mark.parametrize("stereo", ["mono", "dual_seed"])
+def test_cuda_one_shots_at_a_loudness_target_are_near_the_cpu_render(models, stereo):
+    export = WavExport(sample_rate=48000, normalize=Normalize.loudness, loudness_lufs=-23.0, true_peak_dbtp=-1.0)
+    gpu_config = GenerationConfig(
+        device="cuda",
+        duration_s=1.0,
+        chunking=OneshotChunking(),
+        stereo=OPTIONS["stereo"][stereo](),
+        export=export,
+    )
+    on_gpu = GenerationPipeline(models["cuda"], gpu_config).generate([0, 1, 2])
+    on_cpu = GenerationPipeline(models["cpu"], gpu_config, device="cpu").generate([0, 1, 2])
+    for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
+        assert gpu.device.startswith("cuda")
+        # the shipped model's sounds never fall 60 dB under their peak: every hit runs its window
+        assert gpu.frames == cpu.frames == 48000 and np.all(gpu.audio[:, -240:] == 0)
+        level = gpu.level.to_dict()
+        assert level["true_peak_dbtp"] <= -1.0
+        assert level["reached"] is False or abs(level["integrated_lufs"] + 23.0) < 0.05
+        peak, lsd = difference(gpu.audio, cpu.audio)
+        report(f"cuda against cpu, oneshot loudness {stereo} seed {gpu.seed}", peak, lsd)
+        assert peak <= GPU_VS_CPU_PEAK_DBFS and lsd <= GPU_VS_CPU_LSD_DB
+
+
 @pytest.mark.parametrize(
-    "chunking, stereo", [("crossfade", "mono"), ("crossfade", "dual_seed"), ("latent_interp", "dual_seed")]
+    "chunking, stereo",
+    [("crossfade", "mono"), ("crossfade", "dual_seed"), ("latent_interp", "dual_seed"), ("oneshot", "mid_side")],
 )
 def test_cuda_item_alone_is_near_the_same_item_in_a_batch_of_eight_and_a_batch_repeats_exactly(
     models, chunking, stereo

@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+from sda.config import OPTIONS
 from sda.numerics import (
     ATEN_VARIABLE,
     MKL_VARIABLE,
@@ -92,7 +93,7 @@ def test_reference_render_has_the_same_bytes_under_every_setting_the_pin_overrul
     finally:
         torch.set_num_threads(before)
 
-    assert set(reference) == {"crossfade", "latent_interp"}
+    assert set(reference) == set(OPTIONS["chunking"]) == {"crossfade", "latent_interp", "oneshot"}
     assert two_threads == reference, "two threads changed the bytes"
     for name, (status, stderr) in outcomes.items():
         assert status["pinned"], f"{name}: {status['not_pinned_because']}"

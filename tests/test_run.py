@@ -46,9 +46,9 @@ def only_folder(parent: Path) -> Path:
 @pytest.mark.parametrize(
     "override, start, allowed",
     [
-        ("+export.foo=1", "export.foo=", "unknown key; keys of export=wav: bit_depth, sample_rate"),
+        ("+export.foo=1", "export.foo=", "unknown key; keys of export=wav: bit_depth, loudness_lufs, normalize"),
         ("stereo.width=0.5", "stereo.width=", "not a key of this option; keys of stereo=mono: none"),
-        ("chunking=nope", "chunking='nope'", "choose one of crossfade, latent_interp"),
+        ("chunking=nope", "chunking='nope'", "choose one of crossfade, latent_interp, oneshot"),
     ],
 )
 def test_bad_value_exits_2_with_one_line_before_any_folder_is_made(tmp_path, override, start, allowed):

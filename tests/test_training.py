@@ -25,7 +25,7 @@ from sda.model import load_model
 from sda.preflight import compose_config
 from sda.training import STATE_FORMAT_VERSION, TrainingResult, train_model
 from sda.training_record import EpochRecord, TrainingRecord
-from tests.helpers import TINY_MODEL, has_cuda, make_tiny_dataset, run_sda, tone_file
+from tests.helpers import TINY_MODEL, has_cuda, make_tiny_dataset, run_sda
 
 
 def reconstruction_l1(vae, windows: torch.Tensor) -> float:
@@ -137,7 +137,11 @@ def test_a_training_state_of_an_older_format_is_refused_in_one_line_and_kept(tin
 def test_the_shipped_models_record_reads_through_training_record():
     stored = load_model("default").training
     record = TrainingRecord.from_dict(stored)
-    assert record.to_dict() == stored  # every field it holds is a field of TrainingRecord
+    written = record.to_dict()
+    # every field it holds is a field of TrainingRecord; fields added since take their defaults
+    assert {k: v for k, v in written.items() if k != "dataset"} == {k: v for k, v in stored.items() if k != "dataset"}
+    assert {k: written["dataset"][k] for k in stored["dataset"]} == stored["dataset"]
+    assert record.dataset.short_files == 0 and record.dataset.train_window_files == 0
     assert record.dataset.file_count == 48 and record.epochs == len(record.history) > 0
     assert record.history[record.best_epoch - 1].validation_loss == record.best_validation_loss
     assert record.versions["torch_version"] and record.machine.device == "cpu"
@@ -207,9 +211,11 @@ def test_bad_datasets_fail_with_one_line_and_leave_no_model(tmp_path: Path):
     stderr = _fails_with_one_line(tmp_path, f"dataset.path={unreadable}", expect="2 files")
     assert "notes.txt" in stderr and "broken.wav" in stderr  # each skipped file is listed with its reason
 
-    short = tmp_path / "short"
-    tone_file(short / "blip.wav", 0.3, 440.0)
-    _fails_with_one_line(tmp_path, f"dataset.path={short}", expect="no usable")
+    silent = tmp_path / "silent"
+    silent.mkdir()
+    sf.write(silent / "hiss.wav", np.full(14400, 1e-4, dtype=np.float32), 48000, subtype="FLOAT")
+    stderr = _fails_with_one_line(tmp_path, f"dataset.path={silent}", expect="no usable")
+    assert "skipping hiss.wav: silent: its loudest 50 ms is at -80.0 dBFS" in stderr
 
     _fails_with_one_line(tmp_path, "dataset.path=", expect="dataset.path", code=2)
 

@@ -12,6 +12,8 @@ import torch
 from omegaconf import MISSING
 
 from sda.config.base import MAX_SEED, Sealed, check_device, check_range, check_seed, resolve_device
+from sda.dsp.finish import ONESHOT_END_SILENCE_MS
+from sda.dsp.spectrogram import MAX_WINDOW_S
 from sda.encode import FORMATS
 from sda.errors import ConfigError
 
@@ -27,6 +29,13 @@ class InverseMel(str, Enum):
 
     pinv = "pinv"  # one matrix product with the filterbank's pseudo-inverse
     lstsq = "lstsq"  # a least-squares solve per call (what torchaudio's InverseMelScale does)
+
+
+class Normalize(str, Enum):
+    """How an output's level is set (an export setting)."""
+
+    peak = "peak"  # sample peak at -1 dBFS, as sda always did
+    loudness = "loudness"  # integrated loudness at export.loudness_lufs, true peak at most export.true_peak_dbtp
 
 
 class PhaseInit(str, Enum):
@@ -66,13 +75,21 @@ class GroupOption(Sealed):
 
 @dataclass(unsafe_hash=True)
 class ChunkingConfig(GroupOption):
-    """How a duration longer than one model window is built (an option of `chunking`)."""
+    """How an output is built from model windows (an option of `chunking`)."""
 
     KEY: ClassVar[str] = "chunking"
 
     @property
     def mode(self) -> str:
         return self.OPTION
+
+    def longest_output_s(self, duration_s: float) -> float:
+        """The longest output this option makes for `duration_s` (what disk estimates use)."""
+        return duration_s
+
+    def length_rule(self, duration_s: float) -> str:
+        """What decides an output's length, in words (the sidecar's `length.rule`)."""
+        return f"exactly duration_s={duration_s:g} s: round(duration_s * sample_rate) frames"
 
 
 @dataclass(unsafe_hash=True)
@@ -106,6 +123,33 @@ class LatentInterpChunking(ChunkingConfig):
 
     def validate(self) -> None:
         check_range(f"{self.KEY}.anchor_interval_s", self.anchor_interval_s, 0.05, 600.0)
+
+
+@dataclass(unsafe_hash=True)
+class OneshotChunking(ChunkingConfig):
+    """A hit for a sample library: one model window decoded from one latent and reconstructed from
+    its start (the attack intact, no crossfade), ending when the sound does: trailing audio below
+    `silence_db` (relative to the hit's peak) is trimmed, then `fade_ms` fade to zero and 5 ms of
+    silence end it, so the end cannot click. `duration_s` is the longest a hit may be (one model
+    window at most)."""
+
+    OPTION: ClassVar[str] = "oneshot"
+    silence_db: float = -60.0
+    fade_ms: float = 10.0
+
+    def validate(self) -> None:
+        check_range(f"{self.KEY}.silence_db", self.silence_db, -120.0, -20.0)
+        check_range(f"{self.KEY}.fade_ms", self.fade_ms, 0.0, 200.0, low_open=True)
+
+    def longest_output_s(self, duration_s: float) -> float:
+        return min(duration_s, MAX_WINDOW_S)
+
+    def length_rule(self, duration_s: float) -> str:
+        return (
+            f"oneshot: the hit's own length, where its tail falls below {self.silence_db:g} dB re its peak, "
+            f"plus a {self.fade_ms:g} ms fade to zero and {ONESHOT_END_SILENCE_MS:g} ms of silence; "
+            f"at most duration_s={duration_s:g} s and one model window"
+        )
 
 
 @dataclass(unsafe_hash=True)
@@ -156,12 +200,26 @@ class DualSeedStereo(StereoConfig):
 @dataclass(unsafe_hash=True)
 class ExportConfig(GroupOption):
     """The file format (an option of `export`). The pipeline works at 48 kHz and resamples
-    once, at the end, to `sample_rate`."""
+    once, at the end, to `sample_rate`.
+
+    Every format sets the level the same way. `normalize=peak` (the default): the sample peak at
+    -1 dBFS. `normalize=loudness`: the integrated loudness (ITU-R BS.1770) at `loudness_lufs`,
+    with the true peak (4x oversampled) at most `true_peak_dbtp`; where the target cannot be
+    reached under that ceiling, the file is made at the ceiling and its sidecar says by how many LU
+    it fell short. With `normalize=peak` the loudness fields change nothing, so `to_dict` (the
+    sidecar's config and an output's identity) leaves all three out: peak outputs keep the
+    identities earlier sda versions gave them."""
 
     KEY: ClassVar[str] = "export"
     NAME_KEY: ClassVar[str] = "format"
     BIT_DEPTHS: ClassVar[tuple[int, ...]] = ()
+    NORMALISATION_FIELDS: ClassVar[tuple[str, ...]] = ("normalize", "loudness_lufs", "true_peak_dbtp")
     sample_rate: int = 48000
+    normalize: Normalize = Normalize.peak
+    # EBU R 128's level: 90 % of the sonic-pi drum and percussion hits reach it under -1 dBTP
+    # (their median is -18 LUFS), and so do the shipped model's textures.
+    loudness_lufs: float = -23.0
+    true_peak_dbtp: float = -1.0
 
     @property
     def format(self) -> str:
@@ -172,6 +230,16 @@ class ExportConfig(GroupOption):
             raise ConfigError(
                 f"{self.KEY}.sample_rate", self.sample_rate, f"one of {', '.join(map(str, SAMPLE_RATES))}"
             )
+        check_range(f"{self.KEY}.loudness_lufs", self.loudness_lufs, -60.0, -5.0)
+        # -1 dBTP at most: every file sda writes keeps its sample peak at or under -1 dBFS.
+        check_range(f"{self.KEY}.true_peak_dbtp", self.true_peak_dbtp, -24.0, -1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if self.normalize == Normalize.peak:
+            for name in self.NORMALISATION_FIELDS:
+                del data[name]
+        return data
 
 
 @dataclass(unsafe_hash=True)
@@ -228,7 +296,7 @@ def _check_bit_depth(export: WavExport | FlacExport, note: str) -> None:
 
 # Every option of every group, by group and name: the YAML files in conf/<group>/ name these.
 OPTIONS: dict[str, dict[str, type[GroupOption]]] = {
-    "chunking": {c.OPTION: c for c in (CrossfadeChunking, LatentInterpChunking)},
+    "chunking": {c.OPTION: c for c in (CrossfadeChunking, LatentInterpChunking, OneshotChunking)},
     "stereo": {c.OPTION: c for c in (MonoStereo, MidSideStereo, DualSeedStereo)},
     "export": {c.OPTION: c for c in (WavExport, FlacExport, OggExport)},
 }

@@ -5,6 +5,12 @@ Windows sit on a grid `hop_samples` apart in each clip; those whose RMS is at or
 `silence_dbfs` (0 dBFS = RMS of 1.0) are dropped, so a recording's quiet tails don't teach the
 model silence.
 
+A clip shorter than a window (a one-shot: a drum hit, a pluck) is one window: placed at the
+window's start, so its attack sits where the model expects a sound to begin, and padded with
+silence. Its level is that of its loudest 50 ms (`SOUND_FRAME_S`), not its mean over the window
+or over its own length: a hit is not silent because its tail is, and a quiet brush whose decay
+drags its mean level down still trains.
+
 Augmentation, for datasets of a few minutes where every window is seen hundreds of times:
 
 - Start jitter. Each epoch a window starts anywhere within ±hop/2 of its grid position (clamped
@@ -55,6 +61,8 @@ log = logging.getLogger(__name__)
 VARISPEED_MAX_TERM = 64
 VARISPEED_MAX_ERROR_CENTS = 2.0
 SINGLE_CLIP_MIN_VALIDATION_S = 1.0
+# A clip shorter than a window holds sound when its loudest stretch of this length does.
+SOUND_FRAME_S = 0.05
 # Augmented windows are made this many samples (whole batches, at least one) at a time: 64 MiB.
 CHUNK_SAMPLES = 1 << 24
 
@@ -73,9 +81,10 @@ def split_by_file(
     depends only on the seed and the names (not on library versions), and adding a file leaves
     the others where they were.
 
-    A single clip is split in time instead: its last `validation_fraction` (at least
-    1 s when the clip is at least 2 s long, and always leaving 1 s for training) validates, the
-    rest trains. That validation is not independent of training, and a warning says so.
+    A single clip is split in time instead: its last `validation_fraction` (at least 1 s, and
+    always leaving 1 s for training) validates, the rest trains. That validation is not
+    independent of training, and a warning says so. A single clip shorter than 2 s is not split
+    (cutting a one-shot would cut its hit from its tail): it trains and validates whole.
     `sample_rate` is the clips' rate; it only matters for that single-clip rule.
     """
     if not 0.0 < validation_fraction < 1.0:
@@ -108,6 +117,8 @@ def _split_in_time(
     one_second = round(SINGLE_CLIP_MIN_VALIDATION_S * sample_rate)
     if total >= 2 * one_second:
         validation_samples = min(max(validation_samples, one_second), total - one_second)
+    else:
+        validation_samples = 0
     if validation_samples <= 0 or validation_samples >= total:
         log.warning(
             "only one file (%s) and too short to split: validating on training audio (not independent)",
@@ -129,31 +140,72 @@ def _split_in_time(
 # Which windows hold sound
 
 
-def window_starts(audio: np.ndarray, window_samples: int, hop_samples: int, silence_dbfs: float = -60.0) -> np.ndarray:
-    """Start offsets (int64 `[windows]`) of the grid windows of `audio` `[samples]` whose RMS is
-    above `silence_dbfs`.
+def window_starts(
+    audio: np.ndarray, window_samples: int, hop_samples: int, silence_dbfs: float = -60.0, sample_rate: int = 48000
+) -> np.ndarray:
+    """Start offsets (int64 `[windows]`) of the grid windows of `audio` `[samples]` that hold sound.
 
-    Starts are 0, hop, 2*hop ... while a whole window fits. A clip shorter than one window but at
-    least half a window long gives the single start 0 (the window is zero-padded; its RMS is taken
-    over the samples present); a shorter clip gives none.
+    Starts are 0, hop, 2*hop ... while a whole window fits; such a window holds sound when its RMS
+    is above `silence_dbfs`. A clip shorter than one window gives the single start 0 (the window
+    is zero-padded) when its loudest `SOUND_FRAME_S` (its whole length, if shorter) is above
+    `silence_dbfs` (see the module docstring); an empty clip gives none. `sample_rate` is the
+    audio's rate: it sets that frame's length.
     """
     _check_positive("window_samples", window_samples)
     _check_positive("hop_samples", hop_samples)
     total = int(audio.shape[0])
-    if total >= window_samples:
-        starts = np.arange(0, total - window_samples + 1, hop_samples, dtype=np.int64)
-        lengths = np.full(starts.shape, window_samples, dtype=np.int64)
-    elif 2 * total >= window_samples:
-        starts = np.zeros(1, dtype=np.int64)
-        lengths = np.full(1, total, dtype=np.int64)
-    else:
+    if total == 0:
         return np.zeros(0, dtype=np.int64)
-    # Energy of every window from one cumulative sum, in float64 so long clips keep precision.
-    energy = np.concatenate(([0.0], np.cumsum(np.square(audio, dtype=np.float64))))
-    window_energy = np.maximum(energy[starts + lengths] - energy[starts], 0.0)
     threshold = 10.0 ** (silence_dbfs / 20.0)
-    loud = window_energy > threshold * threshold * lengths
+    # Energy of every stretch from one cumulative sum, in float64 so long clips keep precision.
+    energy = np.concatenate(([0.0], np.cumsum(np.square(audio, dtype=np.float64))))
+    if total < window_samples:
+        return np.zeros(1 if loudest_frame_rms(energy, sample_rate) > threshold else 0, dtype=np.int64)
+    starts = np.arange(0, total - window_samples + 1, hop_samples, dtype=np.int64)
+    window_energy = np.maximum(energy[starts + window_samples] - energy[starts], 0.0)
+    loud = window_energy > threshold * threshold * window_samples
     return starts[loud]
+
+
+def loudest_frame_rms(energy: np.ndarray, sample_rate: int) -> float:
+    """RMS of the loudest `SOUND_FRAME_S` of a clip (its whole length if shorter), from the
+    cumulative energy `[samples + 1]` (0 first) of its samples."""
+    total = energy.shape[0] - 1
+    frame = max(1, min(round(SOUND_FRAME_S * sample_rate), total))
+    frame_energy = energy[frame:] - energy[:-frame]
+    return math.sqrt(max(float(frame_energy.max()), 0.0) / frame)
+
+
+def silence_reason(
+    audio: np.ndarray, window_samples: int, hop_samples: int, silence_dbfs: float, sample_rate: int = 48000
+) -> str:
+    """Why a clip gives no window (see `window_starts`), in words, with its level."""
+    total = int(audio.shape[0])
+    if total == 0:
+        return "empty"
+    if total < window_samples:
+        level = clip_level_dbfs(audio, sample_rate)
+        return (
+            f"silent: its loudest {SOUND_FRAME_S * 1000:g} ms is at {level:.1f} dBFS, "
+            f"at or below dataset.silence_dbfs={silence_dbfs:g}"
+        )
+    energy = np.concatenate(([0.0], np.cumsum(np.square(audio, dtype=np.float64))))
+    starts = np.arange(0, total - window_samples + 1, hop_samples)
+    loudest = float((energy[starts + window_samples] - energy[starts]).max()) / window_samples
+    level = 10.0 * math.log10(loudest) if loudest > 0 else -math.inf
+    return (
+        f"silent: its loudest {window_samples / sample_rate:g} s window is at {level:.1f} dBFS RMS, "
+        f"at or below dataset.silence_dbfs={silence_dbfs:g}"
+    )
+
+
+def clip_level_dbfs(audio: np.ndarray, sample_rate: int = 48000) -> float:
+    """The level `window_starts` judges a short clip by: its loudest SOUND_FRAME_S, in dBFS
+    (-inf for silence or an empty clip)."""
+    if audio.shape[0] == 0:
+        return -math.inf
+    rms = loudest_frame_rms(np.concatenate(([0.0], np.cumsum(np.square(audio, dtype=np.float64)))), sample_rate)
+    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,8 +277,10 @@ def speed_ratio(semitones: int) -> tuple[int, int]:
 
 
 class WindowSampler:
-    """The non-silent grid windows of some clips, as fixed batches (validation) or as shuffled,
-    augmented epochs (training). Shapes: batches `[batch, window_samples]` float32."""
+    """The grid windows that hold sound of some clips (a clip shorter than a window is one
+    zero-padded window, see `window_starts`), as fixed batches (validation) or as shuffled,
+    augmented epochs (training). Shapes: batches `[batch, window_samples]` float32.
+    `windows_per_clip[i]` counts clip i's windows (0: it holds no sound)."""
 
     def __init__(
         self,
@@ -235,6 +289,7 @@ class WindowSampler:
         hop_samples: int,
         silence_dbfs: float = -60.0,
         augmentation: Augmentation | None = None,
+        sample_rate: int = 48000,
     ) -> None:
         _check_positive("window_samples", window_samples)
         _check_positive("hop_samples", hop_samples)
@@ -252,9 +307,10 @@ class WindowSampler:
                 raise ValueError(f"clip {clip.path} holds NaN or infinite samples; load it with load_audio_folder")
             # Shares memory with the clip (no copy when it is float32 already).
             self._audio.append(np.asarray(audio, dtype=np.float32))
-            clip_starts = window_starts(audio, self.window_samples, self.hop_samples, self.silence_dbfs)
+            clip_starts = window_starts(audio, self.window_samples, self.hop_samples, self.silence_dbfs, sample_rate)
             clip_indices.append(np.full(clip_starts.shape, index, dtype=np.int64))
             starts.append(clip_starts)
+        self.windows_per_clip = [int(s.shape[0]) for s in starts]
         self._clip_of_window = (
             torch.from_numpy(np.concatenate(clip_indices)) if clips else torch.zeros(0, dtype=torch.int64)
         )

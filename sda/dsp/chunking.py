@@ -1,5 +1,6 @@
 """Joining pieces into long outputs: latent paths between anchors (slerp), equal-power crossfades
-of audio chunks, and normalised overlap-add of spectrogram windows.
+of audio chunks, and normalised overlap-add of spectrogram windows; and the layouts of the three
+chunking modes (crossfade, latent_interp, oneshot).
 
 Shapes are stated per function; everything is batched over the leading dims with tensor ops.
 """
@@ -247,4 +248,48 @@ def latent_interp_layout(
         positions=positions,
         n_anchors=n_anchors,
         hop_length=hop_length,
+    )
+
+
+# A one-shot's window is reconstructed after this many frames of silence: at least the frames
+# whose analysis window reaches before the window's start (n_fft / 2 / hop = 2 by default).
+ONESHOT_PRE_ROLL_FRAMES = 2
+
+
+@dataclass(frozen=True)
+class OneshotLayout:
+    """One decoded window of `window` samples, reconstructed (with its spectrogram) after
+    `pre_roll_frames` frames of silence: `length` samples are rebuilt and the first `start`, the
+    silence, cut off again; a hit keeps at most `longest` samples of the window.
+
+    Why the silence: a peak-locked Griffin-Lim start gives the first frame one phase in every bin,
+    an impulse at that frame's centre. On the window's own first frame that is a click on every
+    attack (10 dB over the next 50 ms, measured on a model trained on drums); a hit follows
+    silence, and on silence the impulse is nothing."""
+
+    window: int
+    hop_length: int
+    pre_roll_frames: int
+    longest: int
+
+    @property
+    def start(self) -> int:
+        return self.pre_roll_frames * self.hop_length
+
+    @property
+    def length(self) -> int:
+        return self.start + self.window
+
+
+def oneshot_layout(
+    samples: int, window_samples: int, hop_length: int, pre_roll_frames: int = ONESHOT_PRE_ROLL_FRAMES
+) -> OneshotLayout:
+    """One window whatever `samples` asks for: a hit is at most min(samples, window) long."""
+    if samples < 1 or window_samples < 1:
+        raise ValueError(f"samples={samples}, window_samples={window_samples}: both must be at least 1")
+    return OneshotLayout(
+        window=window_samples,
+        hop_length=hop_length,
+        pre_roll_frames=pre_roll_frames,
+        longest=min(samples, window_samples),
     )

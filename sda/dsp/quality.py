@@ -43,7 +43,6 @@ CLIP_THRESHOLD = 0.999
 SILENT_FRAME_DBFS = -60.0
 NOISE_FLOOR_QUANTILE = 0.1
 SNR_CAP_DB = 120.0
-LOUDNESS_MIN_S = 0.4  # one BS.1770 gating block
 # torchaudio's K-weighting filters clamp their output to [-1, 1]; the K filter's impulse response
 # sums to at most 3.4 in absolute value, so items peaking above 0.25 are measured scaled down to a
 # 0.25 peak and the gain is added back. The -70 LUFS absolute gate then acts 20*log10(peak/0.25) dB
@@ -74,7 +73,7 @@ class QualityMetrics:
     dc_offset: float  # largest absolute per-channel mean
     silent_frame_fraction: float  # 50 ms frames (all channels together) with RMS below -60 dBFS
     lr_correlation: float | None  # Pearson correlation of L and R; None unless two channels
-    loudness_lufs: float | None  # BS.1770 integrated loudness; None if under 400 ms, silent or > 5 channels
+    loudness_lufs: float | None  # BS.1770 integrated loudness (see integrated_loudness); None if silent or > 5 channels
     finite: bool
     rating: str  # 'green' | 'yellow' | 'red'
     rating_reason: str
@@ -187,7 +186,13 @@ def gated_loudness(energies: torch.Tensor) -> torch.Tensor:
 
 
 def integrated_loudness(audio: torch.Tensor, sample_rate: int, peaks: torch.Tensor) -> torch.Tensor:
-    """BS.1770 loudness `[B]` in LUFS of `[B, C, N]` audio (NaN where undefined), clamp-safe."""
+    """BS.1770 loudness `[B]` in LUFS of `[B, C, N]` audio (NaN where undefined), clamp-safe.
+    `peaks` `[B]`: each item's sample peak. Audio shorter than one 400 ms gating block (a drum
+    hit) is measured as the one block that holds it, silence after it: the momentary loudness a
+    meter shows when the hit plays alone."""
+    gate = round(GATE_S * sample_rate)
+    if audio.shape[-1] < gate:
+        audio = torch.nn.functional.pad(audio, (0, gate - audio.shape[-1]))
     headroom = torch.where(peaks > LOUDNESS_PEAK_LIMIT, LOUDNESS_PEAK_LIMIT / peaks, torch.ones_like(peaks))
     loudness = gated_loudness(k_weighted_block_energies(audio * headroom[:, None, None], sample_rate))
     return loudness - 20.0 * torch.log10(headroom)
@@ -226,7 +231,7 @@ def measure_quality_batch(audio: torch.Tensor, sample_rate: int) -> list[Quality
     )
     snr = torch.where(mean_power > 0, snr, torch.full_like(snr, math.nan))
     correlation = stereo_correlation(audio) if channels == 2 else torch.full_like(peaks, math.nan)
-    if samples >= round(LOUDNESS_MIN_S * sample_rate) and channels <= 5:
+    if channels <= len(CHANNEL_WEIGHTS):
         loudness = integrated_loudness(audio, sample_rate, peaks)
     else:
         loudness = torch.full_like(peaks, math.nan)

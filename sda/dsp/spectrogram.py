@@ -20,6 +20,11 @@ from sda.schema import Sealed, check_choice, check_range
 N_FFTS = (512, 1024, 2048, 4096)
 
 
+# A model window's length in seconds: the longest is also the longest one-shot any model renders.
+MIN_WINDOW_S = 0.25
+MAX_WINDOW_S = 4.0
+
+
 @dataclass(unsafe_hash=True)
 class SpectrogramSettings(Sealed):
     """Everything that decides what a log-mel frame means. Stored in every checkpoint and compared
@@ -60,7 +65,7 @@ class SpectrogramSettings(Sealed):
         check_choice(f"{k}.power", self.power, (1.0,))  # magnitude; nothing else is implemented
         check_choice(f"{k}.compression", self.compression, ("log1p",))
         check_choice(f"{k}.window", self.window, ("hann",))
-        check_range(f"{k}.window_s", self.window_s, 0.25, 4.0)
+        check_range(f"{k}.window_s", self.window_s, MIN_WINDOW_S, MAX_WINDOW_S)
 
     @property
     def n_freqs(self) -> int:

@@ -2,7 +2,9 @@
 
     rows.py         the rows, read from the job folders' sidecars and outcomes; manifest.csv
     spectrogram.py  one PNG per done output (levels, colour map, PNG bytes)
-    page.py         index.html from the files in templates/ (HTML, CSS, JS)
+    waveform.py     a one-shot's picture instead: its short waveform
+    page.py         index.html from the files in templates/ (HTML, CSS, JS), with a kit view of
+                    the one-shots
 
 Every file is written atomically (sda.files); manifest and page replace earlier ones, a
 spectrogram already drawn is kept.
@@ -20,6 +22,7 @@ from sda.outputs import INDEX_FILE, MANIFEST_FILE
 from sda.report.page import page_html
 from sda.report.rows import ReportRow, collect_rows, manifest_csv, relative_to
 from sda.report.spectrogram import spectrogram_path, write_spectrogram
+from sda.report.waveform import waveform_path, write_waveform
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +30,25 @@ __all__ = ["write_report"]
 
 
 def add_spectrograms(folder: Path, rows: list[ReportRow]) -> None:
-    """Draw the spectrogram of every done output that has none yet, and link each row to its own."""
+    """Draw the picture of every done output that has none yet, and link each row to its own: a
+    waveform for a one-shot (a hit is seen by its shape), a spectrogram for anything else."""
     for row in rows:
         if row.status != "done" or row.audio_path is None:
             continue
-        png = spectrogram_path(row.audio_path.parent, row.audio_path.stem, row.identity or row.audio_sha256)
+        key = row.identity or row.audio_sha256
+        one_shot = row.chunking == "oneshot"
+        draw = write_waveform if one_shot else write_spectrogram
+        png = (waveform_path if one_shot else spectrogram_path)(row.audio_path.parent, row.audio_path.stem, key)
         if not png.is_file():
             try:
-                write_spectrogram(row.audio_path, png)
+                draw(row.audio_path, png)
             except (RuntimeError, ValueError, OSError, sf.LibsndfileError) as error:
-                log.warning("no spectrogram for %s: %s", row.audio_path, error)
+                log.warning("no picture for %s: %s", row.audio_path, error)
         if png.is_file():
-            row.spectrogram = relative_to(png, folder)
+            if one_shot:
+                row.waveform = relative_to(png, folder)
+            else:
+                row.spectrogram = relative_to(png, folder)
 
 
 def write_report(folder: Path, job_dirs: list[Path]) -> tuple[Path, Path]:

@@ -1,8 +1,13 @@
 """`index.html`: the audition page, filled from the template files in `templates/`.
 
 The page is self-contained: the stylesheet and the script are copied into it, the audio and the
-spectrograms are relative links. A table sortable by any column (click a header; `#sort=rating`
+pictures are relative links. A table sortable by any column (click a header; `#sort=rating`
 or `#sort=-peak_dbfs` in the address sorts on load), green first when sorted by rating.
+
+When the batch holds one-shots, a kit view comes first: one hit per row, played by a click on
+the row, with its waveform, length, loudness and true peak (and any column of KIT_COLUMNS whose
+figure some hit has), sortable like the main table (`#sort=` sorts both tables by that column
+where they have it).
 
 Templates are `string.Template` files. `fill` html-escapes every value it substitutes except a
 `Markup`: what `fill` returned, text already escaped, or the package's own CSS and JS. Text from
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import html
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -29,6 +36,7 @@ from sda.report.spectrogram import (
     SPECTROGRAM_TOP_DB,
     SPECTROGRAM_WIDTH,
 )
+from sda.report.waveform import WAVEFORM_HEIGHT, WAVEFORM_SPAN_S, WAVEFORM_WIDTH
 
 TEMPLATES = resources.files("sda.report") / "templates"
 
@@ -54,21 +62,94 @@ def _number(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+@dataclass(frozen=True)
+class KitColumn:
+    """A sortable figure of the kit view: `value` reads it from a row (None: not known)."""
+
+    key: str
+    label: str
+    value: Callable[[ReportRow], float | None]
+    digits: int
+
+
+# The kit view's figures, in order. A column is shown when at least one hit has its figure.
+KIT_COLUMNS: tuple[KitColumn, ...] = (
+    KitColumn("length_ms", "length (ms)", lambda r: None if r.length_s is None else 1000 * r.length_s, 0),
+    KitColumn("loudness_lufs", "loudness (LUFS)", lambda r: r.loudness_lufs, 1),
+    KitColumn("true_peak_dbtp", "true peak (dBTP)", lambda r: r.true_peak_dbtp, 2),
+    # The place for a novelty figure (distance to the nearest training window): a ReportRow field
+    # named `novelty_db` appears here, sortable, as soon as rows carry it.
+    KitColumn("novelty_db", "novelty (dB)", lambda r: getattr(r, "novelty_db", None), 2),
+)
+
+
+def _loudness_text(row: ReportRow) -> str:
+    text = _number(row.loudness_lufs, 1)
+    shortfall = row.loudness_shortfall_lu
+    if text and shortfall is not None and shortfall >= 0.05:
+        text += f" ({shortfall:.1f} LU short)"
+    return text
+
+
+def _picture(row: ReportRow) -> Markup:
+    name = Path(row.file).name
+    if row.waveform:
+        return fill("waveform.html", src=quote(row.waveform), width=WAVEFORM_WIDTH, height=WAVEFORM_HEIGHT, name=name)
+    if row.spectrogram:
+        return fill(
+            "spectrogram.html",
+            src=quote(row.spectrogram),
+            width=SPECTROGRAM_WIDTH,
+            height=SPECTROGRAM_HEIGHT,
+            name=name,
+        )
+    return Markup("")
+
+
+def is_hit(row: ReportRow) -> bool:
+    """A row of the kit view: a one-shot whose audio is done."""
+    return row.status == "done" and row.chunking == "oneshot" and bool(row.file)
+
+
+def kit_html(rows: list[ReportRow]) -> Markup:
+    """The kit view of the one-shots among `rows` (nothing when there are none)."""
+    hits = [row for row in rows if is_hit(row)]
+    if not hits:
+        return Markup("")
+    columns = [c for c in KIT_COLUMNS if any(c.value(row) is not None for row in hits)]
+    headers = Markup("".join(fill("kit_header.html", key=c.key, label=c.label) for c in columns))
+    lines = []
+    for row in hits:
+        cells = Markup(
+            "".join(
+                fill("kit_cell.html", key=c.key, value=value_text(c.value(row)), text=_number(c.value(row), c.digits))
+                for c in columns
+            )
+        )
+        lines.append(
+            fill(
+                "kit_row.html",
+                src=quote(row.file),
+                file=row.file,
+                name=Path(row.file).name,
+                waveform=_picture(row),
+                cells=cells,
+                rating_rank=row.rating_rank,
+                rating_class=row.rating or "",
+                rating_label=row.rating or "unrated",
+            )
+        )
+    return fill(
+        "kit.html", count=len(hits), span_s=f"{WAVEFORM_SPAN_S:g}", headers=headers, rows=Markup("\n".join(lines))
+    )
+
+
 def row_html(row: ReportRow) -> Markup:
     href = quote(row.file) if row.file else ""
     if row.status == "done" or row.audio_exists:  # a broken file may still play in part
         player = fill("player.html", src=href)
     else:
         player = fill("no_player.html", status=row.status)
-    spectrogram = Markup("")
-    if row.spectrogram:
-        spectrogram = fill(
-            "spectrogram.html",
-            src=quote(row.spectrogram),
-            width=SPECTROGRAM_WIDTH,
-            height=SPECTROGRAM_HEIGHT,
-            name=Path(row.file).name,
-        )
     if row.status == "done":
         label, cls, why = row.rating or "unrated", row.rating or "", row.rating_reason or ""
     else:
@@ -93,7 +174,7 @@ def row_html(row: ReportRow) -> Markup:
         file_key=row.file or row.sidecar,
         link=link,
         player=player,
-        spectrogram=spectrogram,
+        picture=_picture(row),
         job=value_text(row.job),
         seed=value_text(row.seed),
         seed_text=seed_text,
@@ -102,14 +183,16 @@ def row_html(row: ReportRow) -> Markup:
         sample_rate=value_text(row.sample_rate),
         format=value_text(row.format),
         format_text=format_text,
-        duration_s=value_text(row.duration_s),
-        duration_text=_number(row.duration_s, 2),
+        length_s=value_text(row.length_s if row.length_s is not None else row.duration_s),
+        length_text=_number(row.length_s if row.length_s is not None else row.duration_s, 2),
         peak_dbfs=value_text(row.peak_dbfs),
         peak_text=_number(row.peak_dbfs, 2),
         rms_dbfs=value_text(row.rms_dbfs),
         rms_text=_number(row.rms_dbfs, 2),
         loudness_lufs=value_text(row.loudness_lufs),
-        loudness_text=_number(row.loudness_lufs, 1),
+        loudness_text=_loudness_text(row),
+        true_peak_dbtp=value_text(row.true_peak_dbtp),
+        true_peak_text=_number(row.true_peak_dbtp, 2),
     )
 
 
@@ -136,5 +219,6 @@ def page_html(folder: Path, rows: list[ReportRow], problems: list[str]) -> str:
         floor_db=f"{SPECTROGRAM_FLOOR_DB:g}",
         top_db=f"{SPECTROGRAM_TOP_DB:g}",
         problems=problem_list,
+        kit=kit_html(rows),
         rows=Markup("\n".join(row_html(row) for row in rows)),
     )

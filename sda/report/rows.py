@@ -42,9 +42,12 @@ MANIFEST_COLUMNS = (
     "channels",
     "frames",
     "duration_s",
+    "length_s",
     "peak_dbfs",
     "rms_dbfs",
     "loudness_lufs",
+    "true_peak_dbtp",
+    "loudness_shortfall_lu",
     "rating",
     "rating_reason",
     "status",
@@ -52,6 +55,7 @@ MANIFEST_COLUMNS = (
     "identity",
     "sidecar",
     "spectrogram",
+    "waveform",
 )
 # Sort order of the page's rating column: best first, then what has no audio worth hearing.
 RATING_RANK = {"green": 0, "yellow": 1, "red": 2}
@@ -66,7 +70,10 @@ _AUDIO_NAME = re.compile(
 @dataclass
 class ReportRow:
     """One manifest row. Not in the manifest: `audio_exists` (for the page), and `audio_path` and
-    `audio_sha256` of a done output (for its spectrogram)."""
+    `audio_sha256` of a done output (for its picture). `duration_s` is the setting, `length_s`
+    the file's own length (a one-shot's is its sound's). `loudness_shortfall_lu`: by how many LU
+    a loudness-normalised output stayed under its target (0 when reached; empty under peak
+    normalisation). A one-shot's picture is a `waveform`, any other output's a `spectrogram`."""
 
     job: str
     status: str
@@ -84,12 +91,16 @@ class ReportRow:
     channels: int | None = None
     frames: int | None = None
     duration_s: float | None = None
+    length_s: float | None = None
     peak_dbfs: float | None = None
     rms_dbfs: float | None = None
     loudness_lufs: float | None = None
+    true_peak_dbtp: float | None = None
+    loudness_shortfall_lu: float | None = None
     rating: str | None = None
     rating_reason: str | None = None
     spectrogram: str = ""
+    waveform: str = ""
     audio_exists: bool = False
     audio_path: Path | None = None
     audio_sha256: str = ""
@@ -202,6 +213,10 @@ def _fill_from_record(row: ReportRow, record: dict[str, Any]) -> None:
         row.peak_dbfs = _as_float(_get(record, "quality", "peak_dbfs"))
     row.rms_dbfs = _as_float(_get(record, "quality", "rms_dbfs"))
     row.loudness_lufs = _as_float(_get(record, "quality", "loudness_lufs"))
+    row.true_peak_dbtp = _as_float(_get(record, "level", "true_peak_dbtp"))
+    row.loudness_shortfall_lu = _as_float(_get(record, "level", "shortfall_lu"))
+    if row.frames is not None and row.sample_rate:
+        row.length_s = row.frames / row.sample_rate
     row.rating = _as_str(_get(record, "quality", "rating"))
     row.rating_reason = _as_str(_get(record, "quality", "rating_reason"))
 
@@ -256,6 +271,7 @@ def _output_rows(
             _fill_from_record(row, check.record)
             if not ok:  # the sidecar's measurements describe audio that is not on disk
                 row.peak_dbfs = row.rms_dbfs = row.loudness_lufs = row.rating = row.rating_reason = None
+                row.true_peak_dbtp = row.loudness_shortfall_lu = None
         if check.audio_path is not None:
             named.add(check.audio_path.name)
             row.file = relative_to(check.audio_path, folder)

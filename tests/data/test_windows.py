@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from sda.data.folder import AudioClip
-from sda.data.windows import Augmentation, WindowSampler, speed_ratio, split_by_file, window_starts
+from sda.data.windows import (
+    Augmentation,
+    WindowSampler,
+    clip_level_dbfs,
+    silence_reason,
+    speed_ratio,
+    split_by_file,
+    window_starts,
+)
 from sda.errors import ConfigError
 
 RATE = 48000
@@ -80,13 +88,46 @@ def test_window_grid_counts_whole_windows_only():
     assert starts.tolist() == list(range(0, 48000 - 4800 + 1, 1000))
 
 
-@pytest.mark.parametrize("length, expected", [(999, [0]), (500, [0]), (499, []), (0, [])])
-def test_a_clip_shorter_than_a_window_counts_once_if_at_least_half_a_window(length, expected):
+@pytest.mark.parametrize("length, expected", [(999, [0]), (500, [0]), (499, [0]), (1, [0]), (0, [])])
+def test_a_clip_shorter_than_a_window_is_one_window_at_the_start_however_short(length, expected):
     assert window_starts(noise(length / RATE), 1000, 500).tolist() == expected
 
 
 def test_a_short_silent_clip_gives_no_window():
     assert window_starts(np.zeros(800, dtype=np.float32), 1000, 500).size == 0
+
+
+def decaying_hit(seconds: float, peak: float, decay_s: float) -> np.ndarray:
+    """A noise burst with an instant attack and an exponential decay (a brush, a hat)."""
+    t = np.arange(round(seconds * RATE)) / RATE
+    burst = np.random.default_rng(3).standard_normal(t.size) * np.exp(-t / decay_s)
+    return (peak * burst / np.abs(burst).max()).astype(np.float32)
+
+
+def test_a_short_hit_is_judged_by_its_loudest_50_ms_not_by_its_quiet_tail():
+    # A quiet brush: peak -40 dBFS, 20 ms decay over 0.9 s. Its RMS over its own length is about
+    # -62 dBFS (its tail drags it down), its loudest 50 ms about -53 dBFS: it holds sound.
+    brush = decaying_hit(0.9, 10 ** (-40 / 20), 0.02)
+    mean_dbfs = 10 * np.log10(np.mean(np.square(brush, dtype=np.float64)))
+    assert mean_dbfs < -60.0
+    assert -60.0 < clip_level_dbfs(brush, RATE) < -45.0
+    assert window_starts(brush, RATE, RATE // 2, -60.0, RATE).tolist() == [0]
+    # the same hit 20 dB quieter is silence
+    assert window_starts(brush / 10, RATE, RATE // 2, -60.0, RATE).size == 0
+
+
+def test_a_50_ms_hit_is_judged_over_its_whole_length():
+    hit = decaying_hit(0.05, 0.5, 0.01)
+    level = clip_level_dbfs(hit, RATE)
+    assert level == pytest.approx(10 * np.log10(np.mean(np.square(hit, dtype=np.float64))), abs=1e-9)
+    assert window_starts(hit, RATE, RATE // 2, -60.0, RATE).tolist() == [0]
+
+
+def test_a_silent_clip_is_given_a_reason_with_its_level():
+    short = silence_reason(np.full(2400, 1e-4, dtype=np.float32), RATE, RATE // 2, -60.0, RATE)
+    assert short.startswith("silent: its loudest 50 ms is at -80.0 dBFS") and "dataset.silence_dbfs=-60" in short
+    long = silence_reason(np.full(2 * RATE, 1e-4, dtype=np.float32), RATE, RATE // 2, -60.0, RATE)
+    assert long.startswith("silent: its loudest 1 s window is at -80.0 dBFS RMS")
 
 
 # ------------------------------------------------------------------ split_by_file
@@ -140,11 +181,20 @@ def test_a_single_clip_is_split_in_time_with_a_warning(caplog):
     assert any("not independent" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("seconds, validation_seconds", [(3.0, 1.0), (2.0, 1.0), (1.5, 0.225)])
-def test_single_clip_validation_is_at_least_one_second_when_the_clip_allows(seconds, validation_seconds):
+@pytest.mark.parametrize("seconds, validation_seconds", [(3.0, 1.0), (2.0, 1.0)])
+def test_single_clip_validation_is_at_least_one_second(seconds, validation_seconds):
     (train,), (validation,) = split_by_file([clip("only.wav", noise(seconds))], 0.15, seed=0)
     assert validation.audio.size == round(validation_seconds * RATE)
     assert train.audio.size == round(seconds * RATE) - validation.audio.size
+
+
+@pytest.mark.parametrize("seconds", [1.99, 0.3, 0.05])
+def test_a_single_clip_under_two_seconds_is_not_cut_from_its_tail(seconds, caplog):
+    audio = noise(seconds)
+    caplog.set_level(logging.WARNING, logger="sda.data.windows")
+    (train,), validation = split_by_file([clip("hit.wav", audio)], 0.15, seed=0)
+    assert validation == [] and train.audio.size == audio.size
+    assert any("not independent" in r.getMessage() for r in caplog.records)
 
 
 # ------------------------------------------------------------------ WindowSampler
@@ -324,3 +374,17 @@ def test_making_windows_in_chunks_of_batches_changes_nothing_but_memory(monkeypa
 
     assert [b.shape[0] for b in chunked] == [b.shape[0] for b in one_chunk] == [16] * 4 + [14]
     torch.testing.assert_close(torch.cat(chunked), torch.cat(one_chunk), rtol=0, atol=1e-6)
+
+
+def test_a_short_hit_keeps_its_attack_at_the_window_start_under_every_augmentation():
+    hits = [clip(f"hit_{i}.wav", decaying_hit(0.05 + 0.1 * i, 0.5, 0.01 + 0.01 * i)) for i in range(4)]
+    sampler = WindowSampler(hits, RATE, RATE // 2, -60.0, Augmentation(p_varispeed=1.0, semitone_steps=(-2, 2)))
+    assert sampler.windows_per_clip == [1, 1, 1, 1]
+
+    epoch = all_epoch_windows(sampler, seed=5, batch_size=4)
+
+    assert epoch.shape == (4, RATE)
+    onsets_ms = [
+        1000 * int(np.flatnonzero(np.abs(w) > 0.1 * np.abs(w).max())[0]) / RATE for w in epoch.double().numpy()
+    ]
+    assert max(onsets_ms) < 2.0, onsets_ms  # within the resampling kernel's reach of sample 0

@@ -9,6 +9,7 @@ from sda.dsp.chunking import (
     crossfade_curves,
     equal_power_crossfade,
     interpolate_anchors,
+    oneshot_layout,
     overlap_add_frames,
     slerp,
 )
@@ -220,3 +221,11 @@ def test_overlap_add_gives_zero_where_the_window_weight_is_zero():
     window = torch.tensor([0.0, 1.0, 1.0, 0.0])
     out = overlap_add_frames(torch.full((1, 1, 1, 4), 3.0), 4, window)
     assert torch.equal(out, torch.tensor([[[0.0, 3.0, 3.0, 0.0]]]))
+
+
+@pytest.mark.parametrize("samples, longest", [(100, 100), (48000, 48000), (480000, 48000)])
+def test_a_one_shot_is_one_window_rebuilt_after_silence_and_at_most_that_window(samples, longest):
+    layout = oneshot_layout(samples, 48000, 512)
+    assert layout.longest == longest and layout.window == 48000
+    assert layout.start == layout.pre_roll_frames * 512 >= 1024  # the frames reaching before the window
+    assert layout.length == layout.start + 48000

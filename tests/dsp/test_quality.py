@@ -144,9 +144,13 @@ def test_loudness_of_bright_full_scale_audio_is_not_limited_by_filter_clamping()
     assert loud - quiet == pytest.approx(20.0, abs=0.05)
 
 
-def test_loudness_is_none_below_400_ms():
-    assert measure_quality(sine(997.0, 0.39)[None], SAMPLE_RATE).loudness_lufs is None
-    assert measure_quality(sine(997.0, 0.4)[None], SAMPLE_RATE).loudness_lufs is not None
+def test_audio_shorter_than_one_gating_block_is_measured_as_the_block_that_holds_it():
+    # A hit of 0.1 s in a 400 ms block of silence: its power over the block, 10*log10(0.1/0.4) = -6.02 LU
+    # below the same sine played for seconds.
+    long = measure_quality(sine(997.0, 2.0)[None], SAMPLE_RATE).loudness_lufs
+    short = measure_quality(sine(997.0, 0.1)[None], SAMPLE_RATE).loudness_lufs
+    assert short == pytest.approx(long - 6.02, abs=0.15)
+    assert measure_quality(torch.zeros(1, 2400), SAMPLE_RATE).loudness_lufs is None
 
 
 def test_clean_tone_bursts_rate_green_and_single_clipped_sample_rates_yellow():
