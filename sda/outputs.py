@@ -35,6 +35,7 @@ import soundfile as sf
 
 from sda.config import GenerationConfig, Normalize
 from sda.encode import EXTENSIONS, EncodedAudio, encode_audio
+from sda.errors import OutputError
 from sda.files import TEMP_GLOB, file_sha256, write_atomic, write_json_atomic
 from sda.numerics import numerics_status
 from sda.pipeline import GenerationResult
@@ -337,3 +338,26 @@ def _identity_problem(record: dict[str, Any]) -> str | None:
     if recomputed != identity:
         return f"identity {identity} is not what its identity parameters hash to ({recomputed})"
     return None
+
+
+def check_sidecar_format(folder: Path) -> None:
+    """Refuse, in one line, a folder whose outputs an older sda made (sidecar format below
+    SIDECAR_FORMAT_VERSION): their identities were computed differently, so a resume would take
+    every one of them for broken. One sidecar per job folder is read; a folder is written by one
+    version. Raises OutputError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for job in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        sidecar = next(job.glob(SIDECAR_GLOB), None)
+        if sidecar is None:
+            continue
+        try:
+            version = read_sidecar(sidecar).get("sidecar_format_version", 1)
+        except (OSError, ValueError):
+            continue  # a broken sidecar is the runner's to report
+        if isinstance(version, int) and version < SIDECAR_FORMAT_VERSION:
+            raise OutputError(
+                f"{job} holds outputs of sidecar format {version}, made by an older sda: resume it with that "
+                f"version, or render into a new folder (this sda writes format {SIDECAR_FORMAT_VERSION})"
+            )

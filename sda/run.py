@@ -43,7 +43,7 @@ from sda.errors import ConfigError, OutputError, SdaError
 from sda.interruption import Interrupted
 from sda.locking import check_unlocked, folder_lock
 from sda.model import missing_checkpoint_message, resolve_checkpoint
-from sda.outputs import read_sidecar
+from sda.outputs import check_sidecar_format, read_sidecar
 from sda.preflight import Plan, plan
 from sda.replay import (
     compare_with_original,
@@ -155,6 +155,7 @@ def preflight(argv: list[str]) -> tuple[Plan, list[str]]:
             config.resolved_device()
     needed = sum(estimate_output_bytes(config) * jobs for config, jobs in found.each_composition())
     check_output_folder(found.output_dir, needed)
+    check_sidecar_format(found.output_dir)
     if found.output_dir_exact:
         check_unlocked(found.output_dir)
     return found, [*argv, *found.pinned_output_dir()]

@@ -92,3 +92,15 @@ def test_a_sweep_over_a_folder_with_a_job_someone_runs_is_refused(tmp_path, monk
         "let it finish or stop it first"
     )
     assert sorted(p.name for p in sweep.iterdir()) == ["1"]
+
+
+def test_a_folder_of_outputs_from_an_older_sda_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    # Format 1 identities held every field of a group; this sda would take them all for broken.
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "night" / "0"
+    folder.mkdir(parents=True)
+    (folder / "gen_20261101T000000Z_seed0.json").write_text('{"sidecar_format_version": 1, "identity": "x"}')
+    before = snapshot(tmp_path / "night")
+    line = refused(["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'night'}", "duration_s=0.5"], capsys)
+    assert line.startswith(f"error: {folder} holds outputs of sidecar format 1, made by an older sda")
+    assert snapshot(tmp_path / "night") == before
