@@ -11,7 +11,8 @@ The schemas are not `frozen=True` dataclasses because OmegaConf marks frozen str
 read-only, and Hydra could no longer merge YAML and overrides into them.
 
     base.py         sealing, plain dicts, the range / seed / device checks
-    generation.py   sda.run: model, chunking, stereo, export, phase, GenerationConfig, RunConfig
+    generation.py   sda.run: model, chunking, stereo, export, source, phase, quality, GenerationConfig,
+                    RunConfig
     training.py     sda.train: dataset, TrainConfig (whose augmentation, spectrogram and model
                     groups are the run-time types of sda.data.windows, sda.dsp.spectrogram, sda.model)
     evaluation.py   sda.evaluate: EvaluateConfig
@@ -27,9 +28,11 @@ from sda.config.generation import (
     OPTIONS,
     SAMPLE_RATES,
     ChunkingConfig,
+    CorpusSource,
     CrossfadeChunking,
     DualSeedStereo,
     ExportConfig,
+    FileSource,
     FlacExport,
     GenerationConfig,
     GroupOption,
@@ -38,10 +41,14 @@ from sda.config.generation import (
     MidSideStereo,
     ModelConfig,
     MonoStereo,
+    MorphSource,
     OggExport,
     PhaseConfig,
     PhaseInit,
+    PriorSource,
+    QualityConfig,
     RunConfig,
+    SourceConfig,
     StereoConfig,
     WavExport,
     with_seed,
@@ -65,11 +72,13 @@ __all__ = [
     "OPTIONS",
     "SAMPLE_RATES",
     "ChunkingConfig",
+    "CorpusSource",
     "CrossfadeChunking",
     "DatasetConfig",
     "DualSeedStereo",
     "EvaluateConfig",
     "ExportConfig",
+    "FileSource",
     "FlacExport",
     "GenerationConfig",
     "GroupOption",
@@ -78,11 +87,15 @@ __all__ = [
     "MidSideStereo",
     "ModelConfig",
     "MonoStereo",
+    "MorphSource",
     "OggExport",
     "PhaseConfig",
     "PhaseInit",
+    "PriorSource",
+    "QualityConfig",
     "RunConfig",
     "Sealed",
+    "SourceConfig",
     "StereoConfig",
     "TrainConfig",
     "WavExport",
