@@ -293,20 +293,26 @@ class NoveltyIndex:
         if starts.numel() == 0:
             return None
         power = band_power(mono)
-        reference = self.fingerprints.float()
-        best = (math.inf, 0, 0)
+        best: NearestWindow | None = None
         for first in range(0, starts.shape[0], QUERY_BLOCK):
-            block = fingerprints_at(power, starts[first : first + QUERY_BLOCK] // FRAME_HOP_SAMPLES)
-            distances = torch.cdist(block, reference) / math.sqrt(FINGERPRINT_DIMS)
-            query, row = divmod(int(distances.argmin()), distances.shape[1])
-            if float(distances[query, row]) < best[0]:
-                best = (float(distances[query, row]), row, first + query)
-        distance, row, query = best
+            block_starts = starts[first : first + QUERY_BLOCK]
+            found = self.nearest_among(
+                fingerprints_at(power, block_starts // FRAME_HOP_SAMPLES), block_starts.double() / SAMPLE_RATE
+            )
+            if best is None or found.distance_db < best.distance_db:
+                best = found
+        return best
+
+    def nearest_among(self, fingerprints: torch.Tensor, query_starts_s: torch.Tensor) -> NearestWindow:
+        """The pair of an indexed window and a query window (`[Q, FINGERPRINT_DIMS]`, Q >= 1,
+        starting at `query_starts_s` `[Q]` in the clip) that lie nearest to each other."""
+        distances = torch.cdist(fingerprints.float(), self.fingerprints.float()) / math.sqrt(FINGERPRINT_DIMS)
+        query, row = divmod(int(distances.argmin()), distances.shape[1])
         return NearestWindow(
-            distance_db=distance,
+            distance_db=float(distances[query, row]),
             file=self.files[int(self.file_ids[row])],
             start_s=float(self.starts_s[row]),
-            clip_start_s=float(starts[query]) / SAMPLE_RATE,
+            clip_start_s=float(query_starts_s[query]),
         )
 
     def nearest_each(
