@@ -2,13 +2,17 @@
 
 For a batch of seeds, every stage runs once over the whole batch:
 
-    latents per seed (CPU generators) -> one decoder pass over every chunk/window of every voice
-    -> inverse mel -> Griffin-Lim over the batch -> anti-alias -> stereo -> peak normalise
-    -> resample (only here, to the export rate) -> quality metrics -> exact-length trim
+    latents per voice from the source (sda.sources; the prior: CPU generators of the seeds)
+    -> one decoder pass over every chunk/window of every voice -> inverse mel -> Griffin-Lim over
+    the batch -> anti-alias -> stereo -> peak normalise -> resample (only here, to the export
+    rate) -> quality metrics -> exact-length trim -> memorisation check (sda.memorisation)
 
 A "voice" is one mono generation: a mono or mid_side item has one, a dual_seed item two (its left
-seed and its derived right seed). Everything up to the final copy to host memory stays on the
-pipeline's device. An item's audio depends only on its seed and the config, never on the batch.
+seed and its derived right seed; voices are ordered all left voices, then all right voices).
+Every chunking mode asks the source for the latents of the windows it decodes, by their centre
+times (`voice_latents`), so a new mode needs no source code of its own. Everything up to the
+final copy to host memory stays on the pipeline's device. An item's audio depends only on its
+seed, the config and the source files, never on the batch.
 """
 
 from __future__ import annotations
@@ -48,11 +52,14 @@ from sda.dsp.phase import griffin_lim, inverse_mel
 from sda.dsp.quality import QualityMetrics, measure_quality_batch
 from sda.dsp.spectrogram import decompress
 from sda.errors import CheckpointError, ConfigError
+from sda.memorisation import MemorisationCheck, check_output, rated
 from sda.model import LoadedModel
+from sda.novelty import window_fingerprints
+from sda.sources import LatentSource, build_latent_source
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "phase", "dsp")
+STAGES = ("decode", "phase", "dsp", "memorisation")
 # The decoder runs in float64 and its output is rounded to float32. Why: oneDNN picks its kernels
 # (and so its rounding) by batch size, and Griffin-Lim amplifies differences of 1e-7 in its input
 # magnitude to 1e-3 in the audio (phases of near-zero bins flip). Rounding float64 results to
@@ -89,6 +96,8 @@ class GenerationResult:
     started_at: datetime
     finished_at: datetime
     timings_s: dict[str, float] = field(default_factory=dict)
+    memorisation: MemorisationCheck | None = None  # None: not checked (a result made outside the pipeline)
+    source_files: tuple[dict[str, str], ...] = ()  # each file the source read: path (as given) and sha256
 
     @property
     def channels(self) -> int:
@@ -101,6 +110,29 @@ class GenerationResult:
     @property
     def elapsed_s(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class RenderedVoices:
+    """What a chunking mode renders: mono `audio` `[V, 1, samples]` at 48 kHz (voices ordered as
+    in the module docstring) and, when the mode phase-reconstructs every decoded window on its
+    own, the sda.novelty fingerprints of those windows `[V, n, FINGERPRINT_DIMS]` and where each
+    starts in the output, `window_starts_s` `[n]` (for the memorisation check)."""
+
+    audio: torch.Tensor
+    window_prints: torch.Tensor | None = None
+    window_starts_s: torch.Tensor | None = None
+
+    def cut(self, samples: int) -> RenderedVoices:
+        return RenderedVoices(self.audio[..., :samples], self.window_prints, self.window_starts_s)
+
+    def item_windows(self, item: int, items: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(fingerprints `[W, FINGERPRINT_DIMS]`, starts `[W]`) of every voice of item `item` of
+        `items` (a dual_seed item's voices are `item` and `item + items`), or (None, None)."""
+        if self.window_prints is None or self.window_starts_s is None:
+            return None, None
+        voices = self.window_prints[item::items]
+        return voices.reshape(-1, voices.shape[-1]), self.window_starts_s.repeat(voices.shape[0])
 
 
 class StageClock:
@@ -157,6 +189,9 @@ class GenerationPipeline:
                 f"the pipeline needs {INTERNAL_SAMPLE_RATE} Hz models"
             )
         check_against_model(config, model)
+        self.source: LatentSource = build_latent_source(
+            config.source, model.latent_dim, model.summary, model.name, self.decoder, self.settings, config.duration_s
+        )
         self.batch_size = config.batch_size or default_batch_size(self.device)
         self.phase_frames_per_group = PHASE_FRAMES_PER_GROUP[self.device.type == "cuda"]
         self.decode_group = DECODE_GROUP[self.device.type == "cuda"]
@@ -216,12 +251,21 @@ class GenerationPipeline:
         right_seeds = [seeding.right_seed(s) for s in seeds] if dual else []
         needed = math.ceil(cfg.duration_s * self.settings.sample_rate) + MARGIN_SAMPLES
 
-        voices = self.render_voices(list(seeds) + right_seeds, needed, clock)  # [V, 1, needed]
+        rendered = self.render_voices(list(seeds) + right_seeds, needed, clock)
+        voices = rendered.audio  # [V, 1, needed]
         with clock.stage("dsp"):
             frames = round(cfg.duration_s * cfg.export.sample_rate)
             audio = finish(voices, self.settings.sample_rate, self.finish_settings, frames)
             metrics = measure_quality_batch(audio, cfg.export.sample_rate)
             host = audio.float().cpu().numpy()
+        with clock.stage("memorisation"):
+            checks = [
+                check_output(
+                    self.model.summary, item, cfg.export.sample_rate, cfg.quality, *rendered.item_windows(i, len(seeds))
+                )
+                for i, item in enumerate(host)
+            ]
+        source_files = tuple({"path": f.path, "sha256": f.sha256} for f in self.source.files)
         finished = datetime.now(UTC)
         share = {stage: seconds / len(seeds) for stage, seconds in clock.seconds.items()}
         return [
@@ -230,7 +274,7 @@ class GenerationPipeline:
                 right_seed=right_seeds[i] if dual else None,
                 audio=np.ascontiguousarray(host[i]),
                 sample_rate=cfg.export.sample_rate,
-                metrics=metrics[i],
+                metrics=rated(metrics[i], checks[i]),
                 config=cfg,
                 model_name=self.model.name,
                 model_sha256=self.model.sha256,
@@ -238,19 +282,21 @@ class GenerationPipeline:
                 started_at=started,
                 finished_at=finished,
                 timings_s=dict(share),
+                memorisation=checks[i],
+                source_files=source_files,
             )
             for i, seed in enumerate(seeds)
         ]
 
     # ----------------------------------------------------------------------------------------
-    def render_voices(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> torch.Tensor:
+    def render_voices(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> RenderedVoices:
         """Mono audio `[V, 1, samples]` at 48 kHz for each voice seed, by the chunking mode."""
         chunking = self.config.chunking
         if isinstance(chunking, CrossfadeChunking):
             layout = crossfade_layout(
                 samples, self.settings.sample_rate, self.settings.window_samples, chunking.chunk_s, chunking.overlap_ms
             )
-            return self._render_crossfade(voice_seeds, layout, clock)[..., :samples]
+            return self._render_crossfade(voice_seeds, layout, clock).cut(samples)
         if isinstance(chunking, LatentInterpChunking):
             layout = latent_interp_layout(
                 samples,
@@ -259,8 +305,18 @@ class GenerationPipeline:
                 self.settings.window_frames,
                 chunking.anchor_interval_s,
             )
-            return self._render_latent_interp(voice_seeds, layout, clock)[..., :samples]
+            return RenderedVoices(self._render_latent_interp(voice_seeds, layout, clock)[..., :samples])
         raise TypeError(f"no renderer for chunking option {type(chunking).__name__}")
+
+    def voice_latents(self, voice_seeds: Sequence[int], centres_s: torch.Tensor) -> torch.Tensor:
+        """`[V, n, latent_dim]` (CPU): each voice's latents, from the source, for the windows
+        centred at `centres_s` `[n]` (seconds into the output). Right voices (the second half for
+        dual_seed) share their item's source and draw their own noise."""
+        items = len(voice_seeds) // 2 if isinstance(self.config.stereo, DualSeedStereo) else len(voice_seeds)
+        item_seeds = list(voice_seeds[:items]) * (len(voice_seeds) // items if items else 0)
+        return torch.stack(
+            [self.source.latents(item, voice, centres_s) for item, voice in zip(item_seeds, voice_seeds, strict=True)]
+        )
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decoder passes over `[N, latent_dim]` -> float32 log-mels `[N, n_mels, frames]`: one
@@ -305,19 +361,31 @@ class GenerationPipeline:
             gens.extend([g] * items_per_voice)
         return gens
 
-    def _render_crossfade(self, voice_seeds: Sequence[int], layout: CrossfadeLayout, clock: StageClock) -> torch.Tensor:
-        """`[V, 1, layout.total]`: an independent latent per chunk, every chunk of every voice
-        decoded in one pass and phase-reconstructed together, joined by crossfades."""
+    def _render_crossfade(
+        self, voice_seeds: Sequence[int], layout: CrossfadeLayout, clock: StageClock
+    ) -> RenderedVoices:
+        """`[V, 1, layout.total]`: a latent per chunk, every chunk of every voice decoded in one
+        pass and phase-reconstructed together, joined by crossfades; with the fingerprints of the
+        decoded windows when the model keeps renditions of its training windows."""
         latent_dim = self.model.latent_dim
         with clock.stage("decode"):
-            latents = torch.stack([seeding.sample_latents(s, layout.n_chunks, latent_dim) for s in voice_seeds])
+            centres_s = (torch.arange(layout.n_chunks, dtype=torch.float64) * layout.hop + layout.chunk / 2) / (
+                self.settings.sample_rate
+            )
+            latents = self.voice_latents(voice_seeds, centres_s)  # [V, n_chunks, D]
             log_mels = self._decode(latents.to(self.device).reshape(-1, latent_dim))  # [V * n_chunks, n_mels, T]
         with clock.stage("phase"):
             audio = self._phase(log_mels, layout.window, self._phase_generators(voice_seeds, layout.n_chunks))
             chunks = audio[:, layout.start : layout.start + layout.chunk]
             chunks = chunks.reshape(len(voice_seeds), layout.n_chunks, 1, layout.chunk)
+        prints = None
+        if self.model.summary is not None and self.model.summary.renditions is not None:
+            with clock.stage("memorisation"):
+                prints = window_fingerprints(audio.cpu()).reshape(len(voice_seeds), layout.n_chunks, -1)
         with clock.stage("dsp"):
-            return equal_power_crossfade(chunks, layout.overlap)
+            joined = equal_power_crossfade(chunks, layout.overlap)
+        starts_s = torch.arange(layout.n_chunks, dtype=torch.float64) * layout.hop / self.settings.sample_rate
+        return RenderedVoices(joined, prints, starts_s)
 
     def _render_latent_interp(
         self, voice_seeds: Sequence[int], layout: LatentInterpLayout, clock: StageClock
@@ -326,7 +394,11 @@ class GenerationPipeline:
         into one spectrogram per voice, one phase reconstruction per voice."""
         latent_dim = self.model.latent_dim
         with clock.stage("decode"):
-            anchors = torch.stack([seeding.sample_latents(s, layout.n_anchors, latent_dim) for s in voice_seeds])
+            # anchor k sits at position k, the centre of a window at k * anchor_interval_s
+            anchor_interval_s = self.config.chunking.anchor_interval_s
+            anchors = self.voice_latents(
+                voice_seeds, torch.arange(layout.n_anchors, dtype=torch.float64) * anchor_interval_s
+            )
             positions = layout.positions.to(self.device, torch.float32)
             latents = interpolate_anchors(anchors.to(self.device), positions)  # [V, n_windows, D]
             log_mels = self._decode(latents.reshape(-1, latent_dim))

@@ -9,7 +9,11 @@
 - Only the missing seeds are generated. An item's audio does not depend on the batch it is
   made in (see sda.pipeline), so a resumed job writes the same bytes as an uninterrupted one.
 - One failing item (an exception, non-finite or silent audio) is recorded with its reason and
-  never written as a finished file; the others go on. A job never raises and never exits:
+  never written as a finished file; the others go on.
+- With `quality.reject_copies=true`, an output the memorisation check finds to be a near copy of
+  training audio is written and recorded as "rejected" with the reason, not "done"
+  (sda.memorisation says why it is written); an output already present is judged again from
+  the distance its sidecar records. A job never raises and never exits:
   its outcome is returned and written to `outcome.json`.
 - Progress: a tqdm bar over the items when stderr is a terminal (nothing otherwise, so cron
   mail and log files stay clean), and one log line per file written.
@@ -39,6 +43,7 @@ from sda.config import GenerationConfig
 from sda.errors import OutputError, SdaError
 from sda.files import write_atomic
 from sda.locking import folder_lock
+from sda.memorisation import recorded_rejection
 from sda.model import LoadedModel, load_model, resolve_checkpoint
 from sda.outputs import (
     OUTCOME_FILE,
@@ -54,13 +59,14 @@ from sda.pipeline import GenerationPipeline, GenerationResult
 log = logging.getLogger("sda.run")
 
 SILENT_PEAK_DBFS = -60.0
+ITEM_STATUSES = ("done", "skipped", "failed", "rejected")
 
 
 @dataclass
 class ItemOutcome:
     seed: int
     identity: str
-    status: str  # "done" | "skipped" | "failed"
+    status: str  # "done" | "skipped" | "failed" | "rejected" (a near copy, see sda.memorisation)
     reason: str = ""
     file: str | None = None
     sidecar: str | None = None
@@ -89,10 +95,12 @@ class JobOutcome:
 
     def summary(self) -> str:
         text = f"{self.count('done')} done, {self.count('skipped')} skipped, {self.count('failed')} failed"
+        if self.count("rejected"):
+            text += f", {self.count('rejected')} rejected"
         return text + (f"; job failed: {self.error}" if self.error else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "counts": {s: self.count(s) for s in ("done", "skipped", "failed")}}
+        return {**dataclasses.asdict(self), "counts": {s: self.count(s) for s in ITEM_STATUSES}}
 
 
 @functools.lru_cache(maxsize=4)
@@ -263,7 +271,7 @@ def _run(
     missing = [seed for seed in config.seeds if identities[seed] not in existing]
     for seed in config.seeds:
         if seed not in missing:
-            outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]]))
+            outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]], config))
 
     show = sys.stderr.isatty() if show_progress is None else show_progress
     with tqdm(
@@ -294,12 +302,13 @@ def _write_batch(
             continue
         saved = save_result(result, output_dir, extra_sidecar)
         metrics = result.metrics
+        rejected = result.memorisation is not None and result.memorisation.rejected
         outcome.items.append(
             ItemOutcome(
                 result.seed,
                 saved.identity,
-                "done",
-                "",
+                "rejected" if rejected else "done",
+                result.memorisation.verdict if rejected and result.memorisation is not None else "",
                 saved.audio_path.name,
                 saved.sidecar_path.name,
                 metrics.rating,
@@ -307,17 +316,24 @@ def _write_batch(
                 metrics.loudness_lufs,
             )
         )
-        log.info("wrote %s (%s: %s)", saved.audio_path.name, metrics.rating, metrics.rating_reason)
+        log.info(
+            "wrote %s (%s: %s)%s",
+            saved.audio_path.name,
+            metrics.rating,
+            metrics.rating_reason,
+            ", recorded as rejected (quality.reject_copies)" if rejected else "",
+        )
 
 
-def _skipped_item(seed: int, identity: str, check: Verification) -> ItemOutcome:
+def _skipped_item(seed: int, identity: str, check: Verification, config: GenerationConfig) -> ItemOutcome:
     record = check.record or {}
     quality = record.get("quality", {})
+    rejection = recorded_rejection(record, config.quality)
     return ItemOutcome(
         seed,
         identity,
-        "skipped",
-        "verified output already present",
+        "rejected" if rejection else "skipped",
+        f"verified output already present; {rejection}" if rejection else "verified output already present",
         record["file"]["name"],
         check.sidecar_path.name,
         quality.get("rating"),

@@ -21,7 +21,7 @@ from sda.report import write_report
 
 log = logging.getLogger("sda.run")
 
-COUNTED = ("done", "skipped", "failed")
+COUNTED = ("done", "skipped", "failed", "rejected")
 
 
 def job_folders(folder: Path, multirun: bool) -> list[Path]:
@@ -93,7 +93,8 @@ def finish_run(folder: Path, multirun: bool, run_token: str, expected_jobs: int)
     jobs = summary["jobs"]
     line = (
         f"sda: {summary['done']} done / {summary['skipped']} skipped / {summary['failed']} failed"
-        f" in {jobs} job{'s' if jobs != 1 else ''}"
+        + (f" / {summary['rejected']} rejected" if summary["rejected"] else "")
+        + f" in {jobs} job{'s' if jobs != 1 else ''}"
         + (f", {summary['failed_jobs']} job(s) failed" if summary["failed_jobs"] else "")
         + f" -> {folder}"
     )

@@ -137,6 +137,19 @@ def load_audio_folder(root: Path | str, sample_rate: int = 48000) -> LoadedDatas
     return LoadedDataset(root=root, clips=clips, skipped=skipped, fingerprint=fingerprint, sample_rate=sample_rate)
 
 
+def read_audio_file(path: Path | str, sample_rate: int, key: str = "file") -> AudioClip:
+    """One file as a mono float32 clip at `sample_rate`, read and resampled as `load_audio_folder`
+    does (its `path` is the path given). Raises DatasetError, one line naming `key`, the file and
+    why it is not usable."""
+    path = Path(path)
+    try:
+        audio, source_rate, channels = _read_mono(path, path)
+        audio = _resample_to(audio, source_rate, sample_rate)
+    except _Unusable as unusable:
+        raise DatasetError(f"{key}={printable(path)!r} is not usable: {_one_line(str(unusable))}") from None
+    return AudioClip(path, audio, source_rate, channels)
+
+
 def _candidate_files(root: Path) -> list[Path]:
     """Relative paths of the regular, non-hidden files under root, sorted by path components."""
     found: list[Path] = []
