@@ -18,7 +18,7 @@ import soundfile as sf
 from sda.files import write_atomic
 from sda.outputs import INDEX_FILE, MANIFEST_FILE
 from sda.report.page import page_html
-from sda.report.rows import ReportRow, collect_rows, manifest_csv, relative_to
+from sda.report.rows import VERIFIED, ReportRow, collect_rows, manifest_csv, relative_to
 from sda.report.spectrogram import spectrogram_path, write_spectrogram
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,9 @@ __all__ = ["write_report"]
 
 
 def add_spectrograms(folder: Path, rows: list[ReportRow]) -> None:
-    """Draw the spectrogram of every done output that has none yet, and link each row to its own."""
+    """Draw the spectrogram of every verified output that has none yet, and link each row to its own."""
     for row in rows:
-        if row.status != "done" or row.audio_path is None:
+        if row.status not in VERIFIED or row.audio_path is None:
             continue
         png = spectrogram_path(row.audio_path.parent, row.audio_path.stem, row.identity or row.audio_sha256)
         if not png.is_file():

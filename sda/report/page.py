@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sda.outputs import MANIFEST_FILE
-from sda.report.rows import RATING_RANK, STATUS_RANK, ReportRow, value_text
+from sda.report.rows import RATING_RANK, STATUS_RANK, VERIFIED, ReportRow, value_text
 from sda.report.spectrogram import (
     SPECTROGRAM_F_MIN_HZ,
     SPECTROGRAM_FLOOR_DB,
@@ -56,7 +56,7 @@ def _number(value: float | None, digits: int) -> str:
 
 def row_html(row: ReportRow) -> Markup:
     href = quote(row.file) if row.file else ""
-    if row.status == "done" or row.audio_exists:  # a broken file may still play in part
+    if row.status in VERIFIED or row.audio_exists:  # a broken file may still play in part
         player = fill("player.html", src=href)
     else:
         player = fill("no_player.html", status=row.status)
@@ -79,6 +79,7 @@ def row_html(row: ReportRow) -> Markup:
     link = fill("audio_link.html", href=href, name=name) if row.audio_exists else Markup(html.escape(name))
     if row.sidecar:
         link = Markup(f"{link} {fill('sidecar_link.html', href=quote(row.sidecar))}")
+    nearest_text, nearest_where = _nearest_texts(row)
     seed_text = value_text(row.seed) + (f" / R {row.right_seed}" if row.right_seed is not None else "")
     format_text = (row.format or "") + (f" {row.bit_depth}-bit" if row.bit_depth and row.format != "ogg" else "")
     return fill(
@@ -110,16 +111,31 @@ def row_html(row: ReportRow) -> Markup:
         rms_text=_number(row.rms_dbfs, 2),
         loudness_lufs=value_text(row.loudness_lufs),
         loudness_text=_number(row.loudness_lufs, 1),
+        nearest_training_db=value_text(row.nearest_training_db),
+        nearest_text=nearest_text,
+        nearest_where=nearest_where,
     )
+
+
+def _nearest_texts(row: ReportRow) -> tuple[str, str]:
+    """(distance, where) for the nearest-training-window cell: "3.21" and "rain.wav at 1.50 s",
+    or what the check said when it measured nothing."""
+    if row.nearest_training_db is not None:
+        start = "" if row.nearest_training_start_s is None else f" at {row.nearest_training_start_s:.2f} s"
+        return f"{row.nearest_training_db:.2f}", f"{row.nearest_training_file or '?'}{start}"
+    if row.status in VERIFIED and row.memorisation:
+        return row.memorisation.replace("_", " "), ""
+    return "", ""
 
 
 def page_html(folder: Path, rows: list[ReportRow], problems: list[str]) -> str:
     """The whole page for the rows of `folder` and its job-level problems."""
     counts = {status: sum(1 for r in rows if r.status == status) for status in STATUS_RANK}
     ratings = {rating: sum(1 for r in rows if r.status == "done" and r.rating == rating) for rating in RATING_RANK}
+    rejected = f"{counts['rejected']} rejected as near copies, " if counts["rejected"] else ""
     summary = (
         f"{counts['done']} done ({ratings['green']} green, {ratings['yellow']} yellow, {ratings['red']} red), "
-        f"{counts['broken']} broken, {counts['failed']} failed; {MANIFEST_FILE} lists them all."
+        f"{rejected}{counts['broken']} broken, {counts['failed']} failed; {MANIFEST_FILE} lists them all."
     )
     problem_list = Markup("")
     if problems:

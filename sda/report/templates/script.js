@@ -40,9 +40,10 @@
   });
   var match = /(?:^#|&)sort=(-?)([a-z_]+)/.exec(window.location.hash);
   if (match) sortBy(match[2], match[1] === "-");
-  var counts = {done: 0, broken: 0, failed: 0};
+  var counts = {done: 0, rejected: 0, broken: 0, failed: 0};
   rows.forEach(function (row) { counts[row.getAttribute("data-status")] += 1; });
   table.setAttribute("data-js-rows", String(rows.length));
   document.getElementById("js-count").textContent =
-    rows.length + " rows: " + counts.done + " done, " + counts.broken + " broken, " + counts.failed + " failed";
+    rows.length + " rows: " + counts.done + " done, " + counts.broken + " broken, " + counts.failed + " failed" +
+    (counts.rejected ? ", " + counts.rejected + " rejected" : "");
 })();
