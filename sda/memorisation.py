@@ -127,7 +127,7 @@ def near_copy_text(file: str, start_s: float, distance_db: float, min_novelty_db
 
 def unavailable_reason(summary: TrainingSummary | None) -> str:
     if summary is None:
-        return "the model's checkpoint keeps no index of its training windows (format 1)"
+        return "the model's checkpoint keeps no summary of its training windows (format 1, or saved without one)"
     return summary.novelty_unavailable
 
 
