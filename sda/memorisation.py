@@ -40,7 +40,7 @@ from sda.config import QualityConfig
 from sda.dsp.quality import QualityMetrics
 from sda.dsp.resample import resample
 from sda.novelty import SAMPLE_RATE as NOVELTY_SAMPLE_RATE
-from sda.novelty import NearestWindow
+from sda.novelty import NearestWindow, nearest_in_each
 from sda.training_summary import TrainingSummary
 
 CHECKED = "checked"
@@ -149,8 +149,7 @@ def check_output(
         )
     mono = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).mean(dim=0)
     at_rate = resample(mono, sample_rate, NOVELTY_SAMPLE_RATE)
-    training_audio = summary.novelty.nearest(at_rate)
-    rendition = summary.renditions.nearest(at_rate)
+    training_audio, rendition = nearest_in_each([summary.novelty, summary.renditions], at_rate)
     if window_prints is not None and window_prints.shape[0] and window_starts_s is not None:
         decoded = summary.renditions.nearest_among(window_prints, window_starts_s)
         if rendition is None or decoded.distance_db < rendition.distance_db:

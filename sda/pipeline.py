@@ -74,6 +74,9 @@ PHASE_FRAMES_PER_GROUP = {False: 2048, True: 1 << 22}
 PHASE_STREAM = 0x5DA5EED << 34  # < 2^64, the generator's seed range
 # Latents per decoder pass (CPU, GPU).
 DECODE_GROUP = {False: 128, True: 8192}
+# Decoded windows fingerprinted for the memorisation check per call: a GPU batch's windows reach
+# host memory this many at a time (a long render's are gigabytes).
+FINGERPRINT_GROUP = 256
 # Generated beyond the requested length at 48 kHz, so the resampled signal always covers the
 # exact frame count; trimmed off at the end.
 MARGIN_SAMPLES = 256
@@ -123,8 +126,12 @@ class RenderedVoices:
     window_prints: torch.Tensor | None = None
     window_starts_s: torch.Tensor | None = None
 
-    def cut(self, samples: int) -> RenderedVoices:
-        return RenderedVoices(self.audio[..., :samples], self.window_prints, self.window_starts_s)
+    def cut(self, samples: int, sample_rate: int) -> RenderedVoices:
+        """The first `samples` of the audio, and the windows that start within them."""
+        if self.window_prints is None or self.window_starts_s is None:
+            return RenderedVoices(self.audio[..., :samples])
+        kept = self.window_starts_s * sample_rate < samples
+        return RenderedVoices(self.audio[..., :samples], self.window_prints[:, kept], self.window_starts_s[kept])
 
     def item_windows(self, item: int, items: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(fingerprints `[W, FINGERPRINT_DIMS]`, starts `[W]`) of every voice of item `item` of
@@ -296,7 +303,7 @@ class GenerationPipeline:
             layout = crossfade_layout(
                 samples, self.settings.sample_rate, self.settings.window_samples, chunking.chunk_s, chunking.overlap_ms
             )
-            return self._render_crossfade(voice_seeds, layout, clock).cut(samples)
+            return self._render_crossfade(voice_seeds, layout, clock).cut(samples, self.settings.sample_rate)
         if isinstance(chunking, LatentInterpChunking):
             layout = latent_interp_layout(
                 samples,
@@ -381,7 +388,8 @@ class GenerationPipeline:
         prints = None
         if self.model.summary is not None and self.model.summary.renditions is not None:
             with clock.stage("memorisation"):
-                prints = window_fingerprints(audio.cpu()).reshape(len(voice_seeds), layout.n_chunks, -1)
+                prints = torch.cat([window_fingerprints(part.cpu()) for part in audio.split(FINGERPRINT_GROUP)])
+                prints = prints.reshape(len(voice_seeds), layout.n_chunks, -1)
         with clock.stage("dsp"):
             joined = equal_power_crossfade(chunks, layout.overlap)
         starts_s = torch.arange(layout.n_chunks, dtype=torch.float64) * layout.hop / self.settings.sample_rate
