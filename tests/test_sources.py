@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 
 from sda import GenerationConfig, GenerationPipeline, load_model
-from sda.config import DualSeedStereo, FileSource, LatentInterpChunking, MorphSource, PhaseConfig
+from sda.config import CorpusSource, DualSeedStereo, FileSource, LatentInterpChunking, MorphSource, PhaseConfig
 from sda.data.folder import AudioClip, read_audio_file
 from sda.data.windows import Augmentation, WindowSampler
 from sda.dsp.phase import griffin_lim, inverse_mel
@@ -249,3 +249,26 @@ def test_identity_covers_the_source_files_content_never_their_path(files, tmp_pa
     Path(copy).unlink()
     with pytest.raises(ConfigError, match=r"^source.path=.*elsewhere.flac.* is not allowed: an existing audio file"):
         output_identity(moved, 3, "0" * 64)
+
+
+# --------------------------------------------------------------------------------------------
+# corpus
+
+
+def test_corpus_draws_training_windows_by_the_seed_in_every_chunking_and_stereo_mode(shipped):
+    summary = shipped.summary
+    interp = LatentInterpChunking(anchor_interval_s=0.5)
+    for chunking in (None, interp):
+        fields = {"chunking": chunking} if chunking is not None else {}
+        [same] = render(shipped, [4], duration_s=1.5, stereo=DualSeedStereo(), source=CorpusSource(0.0), **fields)
+        [spread] = render(shipped, [4], duration_s=1.5, stereo=DualSeedStereo(), source=CorpusSource(0.4), **fields)
+        assert np.array_equal(same.audio[0], same.audio[1]), "spread 0: both channels replay the same windows"
+        assert np.abs(spread.audio[0] - spread.audio[1]).max() > 0.05
+    # the latents are training windows' latents, drawn by the seed: others for another seed
+    pipeline = GenerationPipeline(shipped, GenerationConfig(device="cpu", source=CorpusSource(0.0)))
+    centres = torch.tensor([0.5, 1.4, 2.3])
+    drawn = pipeline.voice_latents([4], centres)[0]
+    rows = [int((summary.latents.float() == z).all(dim=1).nonzero()[0]) for z in drawn]
+    assert len(set(rows)) == 3
+    assert not torch.equal(pipeline.voice_latents([5], centres)[0], drawn)
+    assert torch.equal(pipeline.voice_latents([4], centres)[0], drawn)
