@@ -117,10 +117,6 @@ class SourceFile:
     audio: torch.Tensor
     sample_rate: int
 
-    @property
-    def duration_s(self) -> float:
-        return self.audio.shape[0] / self.sample_rate
-
 
 def read_source_file(path: str, key: str, sample_rate: int, window_samples: int) -> SourceFile:
     """Read and check one source file: it exists, soundfile reads it, it holds sound (a sample
