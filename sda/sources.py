@@ -45,7 +45,7 @@ from sda.config import CorpusSource, FileSource, GenerationConfig, MorphSource, 
 from sda.data.folder import printable, read_audio_file
 from sda.dsp.chunking import slerp
 from sda.dsp.spectrogram import SpectrogramSettings, log_mel
-from sda.errors import ConfigError, DatasetError
+from sda.errors import ConfigError
 from sda.files import file_sha256
 from sda.model import read_checkpoint, resolve_checkpoint
 from sda.training_summary import TrainingSummary
@@ -123,10 +123,7 @@ def read_source_file(path: str, key: str, sample_rate: int, window_samples: int)
     above SILENT_PEAK_DBFS) and lasts at least one model window. Raises a one-line ConfigError
     naming `key` and the file otherwise."""
     sha256 = source_file_sha256(path, key)
-    try:
-        clip = read_audio_file(resolve_audio_path(path), sample_rate, key)
-    except DatasetError as error:
-        raise ConfigError(str(error)) from None
+    clip = read_audio_file(resolve_audio_path(path), sample_rate, key)
     audio = np.asarray(clip.audio, dtype=np.float32)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     if peak <= 10 ** (SILENT_PEAK_DBFS / 20):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,12 @@ import torch
 
 from sda.config import OPTIONS, GenerationConfig, MorphSource, QualityConfig
 from sda.dsp.spectrogram import SpectrogramSettings
+from sda.errors import ConfigError
 from sda.files import file_sha256
 from sda.model import MelVAE, ModelHyperparameters, checkpoint_record
 from sda.replay import COMMAND_FILE, generation_overrides, reproduce_overrides, resume_command
 from sda.run import main as run_main
+from sda.sources import preflight_sources
 from tests.helpers import compose_run, sda_run
 
 SR = 48000
@@ -51,25 +54,33 @@ def run_error(argv: list[str], capsys) -> str:
     "make, why",
     [
         (lambda folder: folder / "nowhere.wav", "an existing audio file (not found)"),
-        (lambda folder: _text(folder / "notes.wav"), "is not usable: not readable as audio"),
+        (lambda folder: _text(folder / "notes.wav"), "usable audio, but it is not readable as audio"),
         (lambda folder: tone(folder / "silent.wav", 2.0, level=0.0), "silent: peak digital silence"),
         (lambda folder: tone(folder / "quiet.wav", 2.0, level=1e-4), "silent: peak -80.0 dBFS"),
         (lambda folder: tone(folder / "short.wav", 0.4), "0.4 s is shorter than the model's 1 s"),
     ],
 )
-def test_every_source_file_of_every_sweep_point_is_checked_before_any_folder_is_made(
-    tmp_path, monkeypatch, capsys, make, why
-):
+def test_an_unusable_source_file_is_named_in_one_line(tmp_path, make, why):
+    good, bad = tone(tmp_path / "good.wav", 2.0), make(tmp_path)
+    configs = [compose_run("source=file", f"source.path={path}") for path in (good, bad)]
+    with pytest.raises(ConfigError) as info:
+        preflight_sources(configs, tmp_path)
+    assert str(info.value).startswith(f"source.path={str(bad)!r} is not allowed: ") and why in str(info.value)
+    morph = compose_run("source=morph", f"source.paths=[{good},{bad}]")
+    with pytest.raises(ConfigError, match=f"^source.paths={str(bad)!r} is not allowed: .*{re.escape(why)}"):
+        preflight_sources([morph], tmp_path)
+
+
+def test_every_source_file_of_every_sweep_point_is_checked_before_any_folder_is_made(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    good = tone(tmp_path / "good.wav", 2.0)
-    bad = make(tmp_path)
-    before = sorted(p.name for p in tmp_path.iterdir())
+    good, short = tone(tmp_path / "good.wav", 2.0), tone(tmp_path / "short.wav", 0.4)
     # the bad file is only in the second point of the sweep
-    line = run_error(["-m", "source=file", f"source.path={good},{bad}", "duration_s=0.5"], capsys)
-    assert line.startswith(f"error: source.path={str(bad)!r}") and why in line, line
-    line = run_error(["source=morph", f"source.paths=[{good},{bad}]", "duration_s=0.5"], capsys)
-    assert line.startswith(f"error: source.paths={str(bad)!r}") and why in line, line
-    assert sorted(p.name for p in tmp_path.iterdir()) == before, "nothing made"
+    line = run_error(["-m", "source=file", f"source.path={good},{short}", "duration_s=0.5"], capsys)
+    assert line == (
+        f"error: source.path={str(short)!r} is not allowed: an audio file at least one model window long "
+        "(0.4 s is shorter than the model's 1 s)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.wav", "short.wav"], "nothing made"
 
 
 def _text(path: Path) -> Path:
