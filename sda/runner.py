@@ -9,12 +9,12 @@
 - Only the missing seeds are generated. An item's audio does not depend on the batch it is
   made in (see sda.pipeline), so a resumed job writes the same bytes as an uninterrupted one.
 - One failing item (an exception, non-finite or silent audio) is recorded with its reason and
-  never written as a finished file; the others go on.
+  never written as a finished file; the others go on. A job never raises and never exits:
+  its outcome is returned and written to `outcome.json`.
 - With `quality.reject_copies=true`, an output the memorisation check finds to be a near copy of
   training audio is written and recorded as "rejected" with the reason, not "done"
   (sda.memorisation says why it is written); an output already present is judged again from
-  the distance its sidecar records. A job never raises and never exits:
-  its outcome is returned and written to `outcome.json`.
+  the distance its sidecar records.
 - Progress: a tqdm bar over the items when stderr is a terminal (nothing otherwise, so cron
   mail and log files stay clean), and one log line per file written.
 """
