@@ -161,10 +161,12 @@ def check_output(
 
 
 def rated(metrics: QualityMetrics, check: MemorisationCheck) -> QualityMetrics:
-    """`metrics` rated red with the check's verdict when the output is a near copy."""
+    """`metrics` rated red with the check's verdict when the output is a near copy (a reason it
+    was red for already follows the verdict)."""
     if not check.near_copy:
         return metrics
-    return replace(metrics, rating="red", rating_reason=check.verdict)
+    reason = check.verdict + (f"; {metrics.rating_reason}" if metrics.rating == "red" else "")
+    return replace(metrics, rating="red", rating_reason=reason)
 
 
 def recorded_rejection(record: dict[str, Any], quality: QualityConfig) -> str | None:
