@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from sda.config import OPTIONS, GenerationConfig, MorphSource, QualityConfig
+from sda.config import OPTIONS, FileSource, GenerationConfig, MorphSource, QualityConfig
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import ConfigError
 from sda.files import file_sha256
@@ -62,11 +62,11 @@ def run_error(argv: list[str], capsys) -> str:
 )
 def test_an_unusable_source_file_is_named_in_one_line(tmp_path, make, why):
     good, bad = tone(tmp_path / "good.wav", 2.0), make(tmp_path)
-    configs = [compose_run("source=file", f"source.path={path}") for path in (good, bad)]
+    configs = [GenerationConfig(source=FileSource(path=str(path))) for path in (good, bad)]
     with pytest.raises(ConfigError) as info:
         preflight_sources(configs, tmp_path)
     assert str(info.value).startswith(f"source.path={str(bad)!r} is not allowed: ") and why in str(info.value)
-    morph = compose_run("source=morph", f"source.paths=[{good},{bad}]")
+    morph = GenerationConfig(source=MorphSource(paths=(str(good), str(bad))))
     with pytest.raises(ConfigError, match=f"^source.paths={str(bad)!r} is not allowed: .*{re.escape(why)}"):
         preflight_sources([morph], tmp_path)
 
