@@ -44,7 +44,7 @@ from sda.dsp.phase import reference_reconstruct
 from sda.model import load_model
 from sda.outputs import save_result
 from sda.pipeline import STAGES as PIPELINE_STAGES
-from sda.pipeline import GenerationPipeline, StageClock
+from sda.pipeline import GenerationPipeline, RenderedVoices, StageClock
 from sda.versions import versions
 
 STAGES = (*PIPELINE_STAGES, "export")
@@ -59,8 +59,8 @@ class ReferencePipeline(GenerationPipeline):
         super().__init__(*args, **kwargs)
         self.batch_size = 1
 
-    def render_voices(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> torch.Tensor:
-        return torch.cat([self._render_one(seed, samples, clock) for seed in voice_seeds])
+    def render_voices(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> RenderedVoices:
+        return RenderedVoices(torch.cat([self._render_one(seed, samples, clock) for seed in voice_seeds]))
 
     def _render_one(self, seed: int, samples: int, clock: StageClock) -> torch.Tensor:
         cfg, s = self.config.chunking, self.settings

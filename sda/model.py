@@ -15,6 +15,9 @@ loading a stranger's checkpoint never runs code from it. It holds a dict:
     spectrogram     SpectrogramSettings as a dict (compared on load, never assumed)
     training        the training record (dataset fingerprint, epochs, losses, versions, config)
     state_dict      tensors
+    training_summary  (format 2) the training windows' latents and novelty index, or None
+                    (sda.training_summary); a format-1 checkpoint has none: it loads, and the
+                    memorisation check of its outputs is "unavailable"
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import CheckpointError, ConfigError
 from sda.files import file_sha256, write_atomic
 from sda.schema import Sealed, check_range
+from sda.training_summary import TrainingSummary
 
 CHECKPOINT_FORMAT = "sda-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+# 2: the training_summary section (training windows' latents and novelty index).
+CHECKPOINT_FORMAT_VERSION = 2
 PACKAGED_MODELS_DIR = Path(__file__).parent / "models"
 
 
@@ -152,6 +157,7 @@ class LoadedModel:
     name: str
     sha256: str
     training: dict[str, Any] = field(default_factory=dict)
+    summary: TrainingSummary | None = None  # None: a format-1 checkpoint, or one saved without
 
     @property
     def settings(self) -> SpectrogramSettings:
@@ -176,7 +182,10 @@ class LoadedModel:
 
 
 def checkpoint_record(
-    vae: MelVAE, training: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None
+    vae: MelVAE,
+    training: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+    summary: TrainingSummary | None = None,
 ) -> dict[str, Any]:
     """The dict `save_checkpoint` writes. The training record goes through JSON, so it holds
     only plain data (a str subclass or a numpy scalar would make weights-only loading refuse
@@ -189,6 +198,7 @@ def checkpoint_record(
         "spectrogram": vae.settings.to_dict(),
         "training": training,
         "state_dict": {k: v.detach().cpu().clone() for k, v in (state_dict or vae.state_dict()).items()},
+        "training_summary": summary.to_state() if summary is not None else None,
     }
 
 
@@ -201,8 +211,15 @@ def save_torch_file(obj: Any, path: Path, *, replace: bool = False) -> Path:
     return write_atomic(path, functools.partial(torch.save, obj), replace=replace)
 
 
-def save_checkpoint(vae: MelVAE, training: dict[str, Any], path: Path, *, replace: bool = False) -> Path:
-    return save_torch_file(checkpoint_record(vae, training), path, replace=replace)
+def save_checkpoint(
+    vae: MelVAE,
+    training: dict[str, Any],
+    path: Path,
+    *,
+    replace: bool = False,
+    summary: TrainingSummary | None = None,
+) -> Path:
+    return save_torch_file(checkpoint_record(vae, training, summary=summary), path, replace=replace)
 
 
 def resolve_checkpoint(name_or_path: str, base_dir: Path | None = None) -> Path:
@@ -270,7 +287,19 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     for key in ("hyperparameters", "spectrogram", "training", "state_dict"):
         if not isinstance(record.get(key), dict):
             raise CheckpointError(f"{str(path)!r} lacks its '{key}' section")
+    if version >= 2 and "training_summary" not in record:
+        raise CheckpointError(f"{str(path)!r} lacks its 'training_summary' section (format {version})")
     return record
+
+
+def read_training_summary(record: dict[str, Any], latent_dim: int, path: Path) -> TrainingSummary | None:
+    """The training summary of a checkpoint record (format 2), or None: format 1 had none."""
+    if record["format_version"] < 2 or record["training_summary"] is None:
+        return None
+    try:
+        return TrainingSummary.from_state(record["training_summary"], latent_dim)
+    except CheckpointError as error:
+        raise CheckpointError(f"{str(path)!r}: {error}") from None
 
 
 def build_from_record(record: dict[str, Any], path: Path) -> MelVAE:
@@ -324,5 +353,10 @@ def load_model(
     vae.to(device)
     name = resolved.stem
     return LoadedModel(
-        vae=vae, path=resolved.resolve(), name=name, sha256=file_sha256(resolved), training=record["training"]
+        vae=vae,
+        path=resolved.resolve(),
+        name=name,
+        sha256=file_sha256(resolved),
+        training=record["training"],
+        summary=read_training_summary(record, vae.hyper.latent_dim, resolved),
     )

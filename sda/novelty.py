@@ -203,6 +203,30 @@ def clip_fingerprints(
     return fingerprints_at(power, starts // FRAME_HOP_SAMPLES), starts.double() / SAMPLE_RATE
 
 
+def nearest_in_each(
+    indexes: Sequence[NoveltyIndex],
+    audio: torch.Tensor | np.ndarray,
+    hop_s: float = QUERY_HOP_S,
+    silence_dbfs: float = SILENCE_DBFS,
+) -> list[NearestWindow | None]:
+    """`NoveltyIndex.nearest` of one clip in each of several indexes, its windows fingerprinted
+    once (QUERY_BLOCK at a time); all None when the clip has no window above `silence_dbfs`."""
+    mono = _mono(audio)
+    starts = _loud_starts(mono, _hop_samples(hop_s), silence_dbfs)
+    if starts.numel() == 0:
+        return [None] * len(indexes)
+    power = band_power(mono)
+    best: list[NearestWindow | None] = [None] * len(indexes)
+    for first in range(0, starts.shape[0], QUERY_BLOCK):
+        block_starts = starts[first : first + QUERY_BLOCK]
+        prints = fingerprints_at(power, block_starts // FRAME_HOP_SAMPLES)
+        for k, index in enumerate(indexes):
+            found = index.nearest_among(prints, block_starts.double() / SAMPLE_RATE)
+            if best[k] is None or found.distance_db < best[k].distance_db:
+                best[k] = found
+    return best
+
+
 @dataclass(frozen=True)
 class NoveltyIndex:
     """The fingerprints of a corpus's windows with the file and start time of each.
@@ -288,25 +312,18 @@ class NoveltyIndex:
         """The training window nearest to any non-silent window of the clip (`[samples]` or
         `[channels, samples]` at SAMPLE_RATE), or None when the clip has no window above
         `silence_dbfs`. Long clips are compared QUERY_BLOCK windows at a time."""
-        mono = _mono(audio)
-        starts = _loud_starts(mono, _hop_samples(hop_s), silence_dbfs)
-        if starts.numel() == 0:
-            return None
-        power = band_power(mono)
-        reference = self.fingerprints.float()
-        best = (math.inf, 0, 0)
-        for first in range(0, starts.shape[0], QUERY_BLOCK):
-            block = fingerprints_at(power, starts[first : first + QUERY_BLOCK] // FRAME_HOP_SAMPLES)
-            distances = torch.cdist(block, reference) / math.sqrt(FINGERPRINT_DIMS)
-            query, row = divmod(int(distances.argmin()), distances.shape[1])
-            if float(distances[query, row]) < best[0]:
-                best = (float(distances[query, row]), row, first + query)
-        distance, row, query = best
+        return nearest_in_each([self], audio, hop_s, silence_dbfs)[0]
+
+    def nearest_among(self, fingerprints: torch.Tensor, query_starts_s: torch.Tensor) -> NearestWindow:
+        """The pair of an indexed window and a query window (`[Q, FINGERPRINT_DIMS]`, Q >= 1,
+        starting at `query_starts_s` `[Q]` in the clip) that lie nearest to each other."""
+        distances = torch.cdist(fingerprints.float(), self.fingerprints.float()) / math.sqrt(FINGERPRINT_DIMS)
+        query, row = divmod(int(distances.argmin()), distances.shape[1])
         return NearestWindow(
-            distance_db=distance,
+            distance_db=float(distances[query, row]),
             file=self.files[int(self.file_ids[row])],
             start_s=float(self.starts_s[row]),
-            clip_start_s=float(starts[query]) / SAMPLE_RATE,
+            clip_start_s=float(query_starts_s[query]),
         )
 
     def nearest_each(

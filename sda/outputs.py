@@ -13,9 +13,12 @@ and reads without error, so a file's existence proves nothing. Its identity is r
 the sidecar's `identity_parameters`, never taken from the stored `identity` field.
 
 An output's identity is a hash of everything that decides its audio: the checkpoint's sha256,
-the seed, and the resolved generation parameters (duration, chunking, stereo, export, phase). It
-leaves out what only decides how the audio is computed (device, batch size) or which job made
-it (count, the job's first seed). Resume compares identities, never names or times.
+the seed, and the resolved generation parameters (duration, chunking, stereo, export, phase),
+and for a source other than the prior its option, parameters and the content (sha256) of each
+file it reads, never their paths (the prior adds nothing: its outputs keep the identities they
+had before sources existed). It leaves out what only decides how the audio is computed (device,
+batch size), which job made it (count, the job's first seed) or how it is judged (quality).
+Resume compares identities, never names or times.
 
 The names of everything else sda writes into an output folder are here too, so that the runner,
 the sweep callback and the report agree on them without importing each other.
@@ -33,12 +36,14 @@ from typing import Any
 
 import soundfile as sf
 
-from sda.config import GenerationConfig, Normalize
+from sda.config import GenerationConfig, Normalize, PriorSource
 from sda.encode import EXTENSIONS, EncodedAudio, encode_audio
 from sda.errors import OutputError
 from sda.files import TEMP_GLOB, file_sha256, write_atomic, write_json_atomic
+from sda.memorisation import UNAVAILABLE
 from sda.numerics import numerics_status
 from sda.pipeline import GenerationResult
+from sda.sources import source_identity
 from sda.versions import sda_version, versions
 
 # Files sda writes into a job folder (a run folder, or one job of a sweep) ...
@@ -56,7 +61,9 @@ INDEX_FILE = "index.html"
 # from sda.files, which makes those names.
 
 # 2: identities and sidecar configs hold only the chosen option's keys of each group.
-SIDECAR_FORMAT_VERSION = 2
+# 3: the source and quality groups in the config; `source` (files and their sha256) and
+#    `memorisation` (the nearest training window and the verdict) records.
+SIDECAR_FORMAT_VERSION = 3
 # Parameters that change an output's audio (besides the seed and the checkpoint).
 IDENTITY_FIELDS = ("duration_s", "chunking", "stereo", "export", "phase")
 
@@ -120,8 +127,13 @@ def read_sidecar(path: Path) -> dict[str, Any]:
 
 
 def identity_parameters(config: GenerationConfig, seed: int, model_sha256: str) -> dict[str, Any]:
+    """Raises a one-line ConfigError when a source file does not exist (its content is hashed)."""
     generation = config.generation_fields()
-    return {"checkpoint_sha256": model_sha256, "seed": int(seed), **{k: generation[k] for k in IDENTITY_FIELDS}}
+    parameters = {"checkpoint_sha256": model_sha256, "seed": int(seed), **{k: generation[k] for k in IDENTITY_FIELDS}}
+    source = source_identity(config.source)
+    if source is not None:
+        parameters["source"] = source
+    return parameters
 
 
 def output_identity(config: GenerationConfig, seed: int, model_sha256: str) -> str:
@@ -147,10 +159,12 @@ def audio_tags(result: GenerationResult, identity: str) -> dict[str, str]:
     """Embedded tags. Nothing time-dependent: the same output always gives the same bytes."""
     cfg = result.config
     seeds = f"seed {result.seed}" + (f" / right {result.right_seed}" if result.right_seed is not None else "")
+    # a prior output's tags (and so its bytes) are what they were before sources existed
+    source = "" if isinstance(cfg.source, PriorSource) else f", source {cfg.source.mode}"
     return {
         "title": f"sda {result.model_name} {seeds}",
         "comment": (
-            f"identity {identity}; {cfg.chunking.mode} chunking, {cfg.stereo.mode} stereo, "
+            f"identity {identity}; {cfg.chunking.mode} chunking, {cfg.stereo.mode} stereo{source}, "
             f"{cfg.duration_s:g} s; model sha256 {result.model_sha256[:12]}"
         ),
         "software": f"sda {sda_version()}",
@@ -224,11 +238,20 @@ def sidecar_record(
         "elapsed_s": result.elapsed_s,
         "timings_s": result.timings_s,
         "quality": result.metrics.to_dict(),
+        "source": {"mode": cfg.source.mode, "files": [dict(entry) for entry in result.source_files]},
+        "memorisation": memorisation_record(result),
         # what decides the audio's last bits here: device, CPU pin, threads (see sda.numerics)
         "numerics": numerics_status(result.device),
         **versions(),
         **(extra or {}),
     }
+
+
+def memorisation_record(result: GenerationResult) -> dict[str, Any]:
+    """The sidecar's `memorisation` record (sda.memorisation), or why there is none."""
+    if result.memorisation is not None:
+        return result.memorisation.to_dict()
+    return {"status": UNAVAILABLE, "reason": "not checked (a result made outside the pipeline)"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,17 +2,21 @@
 
 For a batch of seeds, every stage runs once over the whole batch:
 
-    latents per seed (CPU generators) -> one decoder pass over every chunk/window of every voice
-    -> inverse mel -> Griffin-Lim over the batch -> anti-alias -> stereo -> peak normalise
-    -> resample (only here, to the export rate) -> [one-shots: tail trimmed] -> level (peak or
-    loudness) -> exact-length trim -> quality metrics
+    latents per voice from the source (sda.sources; the prior: CPU generators of the seeds)
+    -> one decoder pass over every chunk/window of every voice -> inverse mel -> Griffin-Lim over
+    the batch -> anti-alias -> stereo -> peak normalise -> resample (only here, to the export
+    rate) -> [one-shots: tail trimmed] -> level (peak or loudness) -> exact-length trim
+    -> quality metrics -> memorisation check (sda.memorisation)
 
 One-shots (`chunking=oneshot`) are one model window per voice, reconstructed from its start and
 ended where the sound ends: each has its own length, at most duration_s and one window.
 
 A "voice" is one mono generation: a mono or mid_side item has one, a dual_seed item two (its left
-seed and its derived right seed). Everything up to the final copy to host memory stays on the
-pipeline's device. An item's audio depends only on its seed and the config, never on the batch.
+seed and its derived right seed; voices are ordered all left voices, then all right voices).
+Every chunking mode asks the source for the latents of the windows it decodes, by their centre
+times (`voice_latents`), so a new mode needs no source code of its own. Everything up to the
+final copy to host memory stays on the pipeline's device. An item's audio depends only on its
+seed, the config and the source files, never on the batch.
 """
 
 from __future__ import annotations
@@ -56,11 +60,14 @@ from sda.dsp.phase import griffin_lim, inverse_mel
 from sda.dsp.quality import QualityMetrics, measure_quality_batch
 from sda.dsp.spectrogram import decompress
 from sda.errors import CheckpointError, ConfigError
+from sda.memorisation import MemorisationCheck, check_output, rated
 from sda.model import LoadedModel
+from sda.novelty import window_fingerprints
+from sda.sources import LatentSource, build_latent_source
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "phase", "dsp")
+STAGES = ("decode", "phase", "dsp", "memorisation")
 # The decoder runs in float64 and its output is rounded to float32. Why: oneDNN picks its kernels
 # (and so its rounding) by batch size, and Griffin-Lim amplifies differences of 1e-7 in its input
 # magnitude to 1e-3 in the audio (phases of near-zero bins flip). Rounding float64 results to
@@ -71,6 +78,9 @@ DECODE_DTYPE = torch.float64
 PHASE_FRAMES_PER_GROUP = {False: 2048, True: 1 << 22}
 # Latents per decoder pass (CPU, GPU).
 DECODE_GROUP = {False: 128, True: 8192}
+# Decoded windows fingerprinted for the memorisation check per call: a GPU batch's windows reach
+# host memory this many at a time (a long render's are gigabytes).
+FINGERPRINT_GROUP = 256
 # Generated beyond the requested length at 48 kHz, so the resampled signal always covers the
 # exact frame count; trimmed off at the end.
 MARGIN_SAMPLES = 256
@@ -95,6 +105,8 @@ class GenerationResult:
     finished_at: datetime
     timings_s: dict[str, float] = field(default_factory=dict)
     level: ItemLevel | None = None
+    memorisation: MemorisationCheck | None = None  # None: not checked (a result made outside the pipeline)
+    source_files: tuple[dict[str, str], ...] = ()  # each file the source read: path (as given) and sha256
 
     @property
     def channels(self) -> int:
@@ -107,6 +119,33 @@ class GenerationResult:
     @property
     def elapsed_s(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class RenderedVoices:
+    """What a chunking mode renders: mono `audio` `[V, 1, samples]` at 48 kHz (voices ordered as
+    in the module docstring) and, when the mode phase-reconstructs every decoded window on its
+    own, the sda.novelty fingerprints of those windows `[V, n, FINGERPRINT_DIMS]` and where each
+    starts in the output, `window_starts_s` `[n]` (for the memorisation check)."""
+
+    audio: torch.Tensor
+    window_prints: torch.Tensor | None = None
+    window_starts_s: torch.Tensor | None = None
+
+    def cut(self, samples: int, sample_rate: int) -> RenderedVoices:
+        """The first `samples` of the audio, and the windows that start within them."""
+        if self.window_prints is None or self.window_starts_s is None:
+            return RenderedVoices(self.audio[..., :samples])
+        kept = self.window_starts_s * sample_rate < samples
+        return RenderedVoices(self.audio[..., :samples], self.window_prints[:, kept], self.window_starts_s[kept])
+
+    def item_windows(self, item: int, items: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(fingerprints `[W, FINGERPRINT_DIMS]`, starts `[W]`) of every voice of item `item` of
+        `items` (a dual_seed item's voices are `item` and `item + items`), or (None, None)."""
+        if self.window_prints is None or self.window_starts_s is None:
+            return None, None
+        voices = self.window_prints[item::items]
+        return voices.reshape(-1, voices.shape[-1]), self.window_starts_s.repeat(voices.shape[0])
 
 
 class StageClock:
@@ -163,6 +202,9 @@ class GenerationPipeline:
                 f"the pipeline needs {INTERNAL_SAMPLE_RATE} Hz models"
             )
         check_against_model(config, model)
+        self.source: LatentSource = build_latent_source(
+            config.source, model.latent_dim, model.summary, model.name, self.decoder, self.settings, config.duration_s
+        )
         self.batch_size = config.batch_size or default_batch_size(self.device)
         self.phase_frames_per_group = PHASE_FRAMES_PER_GROUP[self.device.type == "cuda"]
         self.decode_group = DECODE_GROUP[self.device.type == "cuda"]
@@ -227,9 +269,9 @@ class GenerationPipeline:
         right_seeds = [seeding.right_seed(s) for s in seeds] if dual else []
         needed = math.ceil(cfg.duration_s * self.settings.sample_rate) + MARGIN_SAMPLES
 
-        voices = self.render_voices(list(seeds) + right_seeds, needed, clock)  # [V, 1, >= needed]
+        rendered = self.render_voices(list(seeds) + right_seeds, needed, clock)
         with clock.stage("dsp"):
-            finished = finish(voices, self.settings.sample_rate, self.finish_settings, self.output_frames())
+            finished = finish(rendered.audio, self.settings.sample_rate, self.finish_settings, self.output_frames())
             if self.finish_settings.oneshot is None:
                 metrics = measure_quality_batch(finished.audio, cfg.export.sample_rate)
             else:  # one-shots: each measured over its own length
@@ -246,6 +288,18 @@ class GenerationPipeline:
                 for i in range(len(seeds))
             ]
             host = finished.audio.float().cpu().numpy()
+        with clock.stage("memorisation"):
+            checks = [
+                check_output(
+                    self.model.summary,
+                    host[i, :, : finished.frames[i]],
+                    cfg.export.sample_rate,
+                    cfg.quality,
+                    *rendered.item_windows(i, len(seeds)),
+                )
+                for i in range(len(seeds))
+            ]
+        source_files = tuple({"path": f.path, "sha256": f.sha256} for f in self.source.files)
         finished_at = datetime.now(UTC)
         share = {stage: seconds / len(seeds) for stage, seconds in clock.seconds.items()}
         return [
@@ -254,7 +308,7 @@ class GenerationPipeline:
                 right_seed=right_seeds[i] if dual else None,
                 audio=np.ascontiguousarray(host[i, :, : finished.frames[i]]),
                 sample_rate=cfg.export.sample_rate,
-                metrics=metrics[i],
+                metrics=rated(metrics[i], checks[i]),
                 config=cfg,
                 model_name=self.model.name,
                 model_sha256=self.model.sha256,
@@ -263,6 +317,8 @@ class GenerationPipeline:
                 finished_at=finished_at,
                 timings_s=dict(share),
                 level=levels[i],
+                memorisation=checks[i],
+                source_files=source_files,
             )
             for i, seed in enumerate(seeds)
         ]
@@ -278,14 +334,14 @@ class GenerationPipeline:
         return frames
 
     # ----------------------------------------------------------------------------------------
-    def render_voices(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> torch.Tensor:
+    def render_voices(self, voice_seeds: Sequence[int], samples: int, clock: StageClock) -> RenderedVoices:
         """Mono audio `[V, 1, samples]` at 48 kHz for each voice seed, by the chunking mode."""
         chunking = self.config.chunking
         if isinstance(chunking, CrossfadeChunking):
             layout = crossfade_layout(
                 samples, self.settings.sample_rate, self.settings.window_samples, chunking.chunk_s, chunking.overlap_ms
             )
-            return self._render_crossfade(voice_seeds, layout, clock)[..., :samples]
+            return self._render_crossfade(voice_seeds, layout, clock).cut(samples, self.settings.sample_rate)
         if isinstance(chunking, LatentInterpChunking):
             layout = latent_interp_layout(
                 samples,
@@ -294,11 +350,21 @@ class GenerationPipeline:
                 self.settings.window_frames,
                 chunking.anchor_interval_s,
             )
-            return self._render_latent_interp(voice_seeds, layout, clock)[..., :samples]
+            return RenderedVoices(self._render_latent_interp(voice_seeds, layout, clock)[..., :samples])
         if isinstance(chunking, OneshotChunking):
             layout = oneshot_layout(samples, self.settings.window_samples, self.settings.hop_length)
-            return self._render_oneshot(voice_seeds, layout, clock)
+            return RenderedVoices(self._render_oneshot(voice_seeds, layout, clock))
         raise TypeError(f"no renderer for chunking option {type(chunking).__name__}")
+
+    def voice_latents(self, voice_seeds: Sequence[int], centres_s: torch.Tensor) -> torch.Tensor:
+        """`[V, n, latent_dim]` (CPU): each voice's latents, from the source, for the windows
+        centred at `centres_s` `[n]` (seconds into the output). Right voices (the second half for
+        dual_seed) share their item's source and draw their own noise."""
+        items = len(voice_seeds) // 2 if isinstance(self.config.stereo, DualSeedStereo) else len(voice_seeds)
+        item_seeds = list(voice_seeds[:items]) * (len(voice_seeds) // items if items else 0)
+        return torch.stack(
+            [self.source.latents(item, voice, centres_s) for item, voice in zip(item_seeds, voice_seeds, strict=True)]
+        )
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decoder passes over `[N, latent_dim]` -> float32 log-mels `[N, n_mels, frames]`: one
@@ -343,19 +409,32 @@ class GenerationPipeline:
             gens.extend([g] * items_per_voice)
         return gens
 
-    def _render_crossfade(self, voice_seeds: Sequence[int], layout: CrossfadeLayout, clock: StageClock) -> torch.Tensor:
-        """`[V, 1, layout.total]`: an independent latent per chunk, every chunk of every voice
-        decoded in one pass and phase-reconstructed together, joined by crossfades."""
+    def _render_crossfade(
+        self, voice_seeds: Sequence[int], layout: CrossfadeLayout, clock: StageClock
+    ) -> RenderedVoices:
+        """`[V, 1, layout.total]`: a latent per chunk, every chunk of every voice decoded in one
+        pass and phase-reconstructed together, joined by crossfades; with the fingerprints of the
+        decoded windows when the model keeps renditions of its training windows."""
         latent_dim = self.model.latent_dim
         with clock.stage("decode"):
-            latents = torch.stack([seeding.sample_latents(s, layout.n_chunks, latent_dim) for s in voice_seeds])
+            centres_s = (torch.arange(layout.n_chunks, dtype=torch.float64) * layout.hop + layout.chunk / 2) / (
+                self.settings.sample_rate
+            )
+            latents = self.voice_latents(voice_seeds, centres_s)  # [V, n_chunks, D]
             log_mels = self._decode(latents.to(self.device).reshape(-1, latent_dim))  # [V * n_chunks, n_mels, T]
         with clock.stage("phase"):
             audio = self._phase(log_mels, layout.window, self._phase_generators(voice_seeds, layout.n_chunks))
             chunks = audio[:, layout.start : layout.start + layout.chunk]
             chunks = chunks.reshape(len(voice_seeds), layout.n_chunks, 1, layout.chunk)
+        prints = None
+        if self.model.summary is not None and self.model.summary.renditions is not None:
+            with clock.stage("memorisation"):
+                prints = torch.cat([window_fingerprints(part.cpu()) for part in audio.split(FINGERPRINT_GROUP)])
+                prints = prints.reshape(len(voice_seeds), layout.n_chunks, -1)
         with clock.stage("dsp"):
-            return equal_power_crossfade(chunks, layout.overlap)
+            joined = equal_power_crossfade(chunks, layout.overlap)
+        starts_s = torch.arange(layout.n_chunks, dtype=torch.float64) * layout.hop / self.settings.sample_rate
+        return RenderedVoices(joined, prints, starts_s)
 
     def _render_latent_interp(
         self, voice_seeds: Sequence[int], layout: LatentInterpLayout, clock: StageClock
@@ -364,7 +443,11 @@ class GenerationPipeline:
         into one spectrogram per voice, one phase reconstruction per voice."""
         latent_dim = self.model.latent_dim
         with clock.stage("decode"):
-            anchors = torch.stack([seeding.sample_latents(s, layout.n_anchors, latent_dim) for s in voice_seeds])
+            # anchor k sits at position k, the centre of a window at k * anchor_interval_s
+            anchor_interval_s = self.config.chunking.anchor_interval_s
+            anchors = self.voice_latents(
+                voice_seeds, torch.arange(layout.n_anchors, dtype=torch.float64) * anchor_interval_s
+            )
             positions = layout.positions.to(self.device, torch.float32)
             latents = interpolate_anchors(anchors.to(self.device), positions)  # [V, n_windows, D]
             log_mels = self._decode(latents.reshape(-1, latent_dim))
@@ -377,13 +460,14 @@ class GenerationPipeline:
         return audio.unsqueeze(1)
 
     def _render_oneshot(self, voice_seeds: Sequence[int], layout: OneshotLayout, clock: StageClock) -> torch.Tensor:
-        """`[V, 1, layout.window]`: one latent per voice (its seed's first), one decoded window,
-        reconstructed from its start after silence (see OneshotLayout): the window as the model
-        made it, attack first, nothing cut from it and nothing joined to it. Where it ends is the
-        finishing chain's business."""
-        latent_dim = self.model.latent_dim
+        """`[V, 1, layout.window]`: one latent per voice (from the source, for the window at the
+        output's start: the prior's is its seed's first), one decoded window, reconstructed from
+        its start after silence (see OneshotLayout): the window as the model made it, attack
+        first, nothing cut from it and nothing joined to it. Where it ends is the finishing
+        chain's business."""
+        centre_s = torch.tensor([self.settings.window_samples / 2 / self.settings.sample_rate], dtype=torch.float64)
         with clock.stage("decode"):
-            latents = torch.stack([seeding.sample_latents(s, 1, latent_dim)[0] for s in voice_seeds])
+            latents = self.voice_latents(voice_seeds, centre_s)[:, 0]  # [V, D]
             log_mels = self._decode(latents.to(self.device))  # [V, n_mels, T]
             log_mels = torch.nn.functional.pad(log_mels, (layout.pre_roll_frames, 0))  # log1p(0): silence
         with clock.stage("phase"):

@@ -6,11 +6,13 @@ untrusted input. Neither can set anything but generation settings.
 - reproduce: from a sidecar only the generation fields of the schema are taken (the output's
   seed and identity parameters, and the model reference), each checked like a command-line
   value; any other key, `hydra.*` above all, is refused with one line naming it. Command-line
-  overrides win over the sidecar's values.
+  overrides win over the sidecar's values. The source files the sidecar records must be there
+  with the content (sha256) they had, unless the command line chooses another source.
 - resume: `sda.run` records its own command in every run or sweep folder (`sda_command.json`:
   the generation settings as explicit overrides, the sweep's axes, the launcher and a few of its
-  parameters). Resume replays only that, into that folder, after checking every entry against
-  what sda itself writes; Hydra's own files in the folder (logging, callbacks, search path,
+  parameters, and every source file with its sha256). Resume replays only that, into that
+  folder, after checking every entry against what sda itself writes and that every source file
+  still holds what it held; Hydra's own files in the folder (logging, callbacks, search path,
   config name) are never read.
 """
 
@@ -31,7 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
 
-from sda.config import OPTIONS, GenerationConfig, ModelConfig, PhaseConfig, resolve_device
+from sda.config import OPTIONS, GenerationConfig, ModelConfig, PhaseConfig, QualityConfig, resolve_device
 from sda.dsp.difference import log_spectral_distance_db, peak_difference_dbfs
 from sda.entry import parse_command_line
 from sda.errors import ConfigError
@@ -39,6 +41,7 @@ from sda.files import write_json_atomic
 from sda.numerics import expected_agreement, numerics_status
 from sda.outputs import read_sidecar
 from sda.preflight import Plan
+from sda.sources import source_file_sha256, source_files
 
 log = logging.getLogger("sda.run")
 
@@ -93,7 +96,7 @@ def override_text(key: str, value: Any) -> str:
             return plain
     except ConfigError:
         pass
-    return f"{key}='" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"{key}={quoted_text(text)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,6 +106,28 @@ def override_text(key: str, value: Any) -> str:
 def _refused(where: tuple[str, str], why: str) -> ConfigError:
     """One line naming the file and the entry: `reproduce='x.json' is not allowed: 'hydra' is ...`."""
     return ConfigError(where[0], where[1], why)
+
+
+def list_override_text(key: str, values: Sequence[str]) -> str:
+    """`key=['a','b c']`: every element quoted, so a path with spaces, commas or brackets parses
+    back to itself."""
+    return f"{key}=[{','.join(quoted_text(str(v)) for v in values)}]"
+
+
+def quoted_text(text: str) -> str:
+    """`text` as a single-quoted Hydra string. In one, a backslash is literal unless backslashes
+    come before a quote (the closing one too): those are doubled, and the quote escaped."""
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
+    return f"'{escaped}'"
+
+
+def _value_text(key: str, value: Any, where: tuple[str, str]) -> str:
+    """The override for one recorded setting: a plain value, or a list of strings (source.paths)."""
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, str) for v in value):
+            raise _refused(where, f"{key!r} must be a list of file paths")
+        return list_override_text(key, value)
+    return override_text(key, _scalar(key, value, where))
 
 
 def _scalar(key: str, value: Any, where: tuple[str, str]) -> Any:
@@ -130,7 +155,7 @@ def _group_overrides(group: str, data: Any, where: tuple[str, str]) -> list[str]
             continue
         if key not in fields:
             raise _refused(where, f"{group}.{key!s} is not a setting of {group}={option_name} (refused)")
-        texts.append(override_text(f"{group}.{key}", _scalar(f"{group}.{key}", value, where)))
+        texts.append(_value_text(f"{group}.{key}", value, where))
     return texts
 
 
@@ -163,6 +188,8 @@ def generation_overrides(config: dict[str, Any], where: tuple[str, str], skip: S
             texts += _group_overrides(key, value, where)
         elif key == "phase":
             texts += _section_overrides("phase", PhaseConfig, value, where)
+        elif key == "quality":
+            texts += _section_overrides("quality", QualityConfig, value, where)
         elif key == "model":
             texts += _section_overrides("model", ModelConfig, value, where)
         else:
@@ -222,7 +249,38 @@ def reproduce_overrides(record: dict[str, Any], overrides: Sequence[str], where:
         raise ConfigError("reproduce", where, "a sidecar written by sda.run (no config or seed in it)")
     source = ("reproduce", where)
     recorded = [f"seed={seed}", "count=1", *generation_overrides(config, source, skip=(*NOT_REPRODUCED, "seed"))]
-    return _without_given(recorded, _given(overrides)) + list(overrides)
+    given = _given(overrides)
+    if not any(key == "source" or key.startswith("source.") for key in given):
+        check_source_files(record.get("source"), source, "the output was made")
+    return _without_given(recorded, given) + list(overrides)
+
+
+def check_source_files(recorded: Any, where: tuple[str, str], since: str) -> None:
+    """Every recorded source file (`{"files": [{"path", "sha256"}]}` of a sidecar, or the list of
+    a recorded command) is there and holds what it held; a one-line ConfigError otherwise."""
+    files = recorded.get("files") if isinstance(recorded, dict) else recorded
+    if files is None:
+        return
+    if not isinstance(files, list):
+        raise _refused(where, "its source files must be a list of paths and sha256 sums")
+    for entry in files:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("path"), str)
+            or not isinstance(entry.get("sha256"), str)
+        ):
+            raise _refused(where, f"{entry!r} is not a source file's path and sha256 (refused)")
+        path = entry["path"]
+        try:
+            found = source_file_sha256(path)
+        except ConfigError:
+            raise _refused(where, f"its source file {path!r} is missing") from None
+        if found != entry["sha256"]:
+            raise _refused(
+                where,
+                f"its source file {path!r} changed since {since} "
+                f"(sha256 {entry['sha256'][:12]}..., now {found[:12]}...)",
+            )
 
 
 def read_reproduce_sidecar(path: Path) -> dict[str, Any]:
@@ -259,11 +317,13 @@ def recorded_command(found: Plan) -> dict[str, Any]:
             value = OmegaConf.select(hydra, f"launcher.{key}", default=None)
             if value is not None:
                 params[key] = value
+    files = {entry["path"]: entry for config in found.compositions.values() for entry in source_files(config.source)}
     return {
         "format_version": COMMAND_FORMAT_VERSION,
         "multirun": found.multirun,
         "overrides": overrides,
         "launcher": {"name": launcher, "parameters": params},
+        "source_files": list(files.values()),
     }
 
 
@@ -304,7 +364,7 @@ def resume_command(folder: Path, rest: Sequence[str]) -> list[str]:
         raise ConfigError("resume", str(folder), f"a readable {COMMAND_FILE} ({error})") from None
     if not isinstance(command, dict) or command.get("format_version") != COMMAND_FORMAT_VERSION:
         raise _refused(where, f"it is not a command record of format {COMMAND_FORMAT_VERSION}")
-    unknown = sorted(set(command) - {"format_version", "multirun", "overrides", "launcher"})
+    unknown = sorted(set(command) - {"format_version", "multirun", "overrides", "launcher", "source_files"})
     if unknown:
         raise _refused(where, f"{unknown[0]!r} is not part of a recorded command (refused)")
     overrides = command.get("overrides")
@@ -312,6 +372,7 @@ def resume_command(folder: Path, rest: Sequence[str]) -> list[str]:
         raise _refused(where, "its overrides must be a list of strings")
     for text in overrides:
         _check_recorded_override(text, where)
+    check_source_files(command.get("source_files"), where, "the run started")
     launcher = _launcher_overrides(command.get("launcher"), where)
     flags = [token for token in rest if token.startswith("-")]
     if set(flags) - {"-m", "--multirun"}:

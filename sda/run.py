@@ -7,8 +7,10 @@
     python -m sda.run reproduce=outputs/.../gen_20261124T231934Z_seed7.json [overrides]
 
 Before Hydra starts the first job, every point of a sweep is validated (exit status 2 and one
-line on a bad value), each checkpoint must exist, the output folder must be writable with room
-for the whole run or sweep, and no other sda process may be writing into it (exit status 1).
+line on a bad value), each checkpoint must exist, every source file of every point must be
+readable audio with sound in it, at least one model window long, the output folder must be
+writable with room for the whole run or sweep, and no other sda process may be writing into it
+(exit status 1).
 This process then locks the folder, records its command there (sda.replay), runs Hydra, and ends
 with one summary line (sda.summary); the exit status is 1 if any output or job failed.
 
@@ -53,6 +55,7 @@ from sda.replay import (
     write_command,
 )
 from sda.runner import JobOutcome, check_output_folder, estimate_output_bytes, run_job, write_outcome
+from sda.sources import preflight_sources
 from sda.summary import finish_run
 
 log = logging.getLogger("sda.run")
@@ -150,6 +153,7 @@ def preflight(argv: list[str]) -> tuple[Plan, list[str]]:
     for checkpoint in sorted({config.model.checkpoint for config in found.compositions.values()}):
         if not resolve_checkpoint(checkpoint, Path.cwd()).is_file():
             raise ConfigError("model.checkpoint", checkpoint, missing_checkpoint_message(checkpoint, Path.cwd()))
+    preflight_sources(found.compositions.values(), Path.cwd())
     if _launcher(found) in LOCAL_LAUNCHERS:  # jobs run on this machine: its devices must exist
         for config in found.compositions.values():
             config.resolved_device()

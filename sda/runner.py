@@ -17,6 +17,10 @@
 - SIGINT or SIGTERM (see sda.interruption) abandons the item being rendered, but an output
   being written is finished first; the outcome records the signal and what was done, and is
   returned as any other (`JobOutcome.interrupted`).
+- With `quality.reject_copies=true`, an output the memorisation check finds to be a near copy of
+  training audio is written and recorded as "rejected" with the reason, not "done"
+  (sda.memorisation says why it is written); an output already present is judged again from
+  the distance its sidecar records.
 - Progress: a tqdm bar over the items when stderr is a terminal (nothing otherwise, so cron
   mail and log files stay clean), and one log line per file written.
 """
@@ -46,6 +50,7 @@ from sda.errors import CheckpointError, OutputError, SdaError
 from sda.files import write_atomic
 from sda.interruption import Interrupted, deferred
 from sda.locking import folder_lock, holds
+from sda.memorisation import recorded_rejection
 from sda.model import LoadedModel, load_model, missing_checkpoint_message, resolve_checkpoint
 from sda.outputs import (
     AUDIO_MISSING,
@@ -67,13 +72,14 @@ SILENT_PEAK_DBFS = -60.0
 # Sidecar key of the run token (see JobOutcome.run_token): which launch of sda.run made an output,
 # so that a run's summary can count what a job made even when its outcome.json is missing.
 RUN_TOKEN_KEY = "run_token"
+ITEM_STATUSES = ("done", "skipped", "failed", "rejected")
 
 
 @dataclass
 class ItemOutcome:
     seed: int
     identity: str
-    status: str  # "done" | "skipped" | "failed"
+    status: str  # "done" | "skipped" | "failed" | "rejected" (a near copy, see sda.memorisation)
     reason: str = ""
     file: str | None = None
     sidecar: str | None = None
@@ -109,6 +115,8 @@ class JobOutcome:
 
     def summary(self) -> str:
         text = f"{self.count('done')} done, {self.count('skipped')} skipped, {self.count('failed')} failed"
+        if self.count("rejected"):
+            text += f", {self.count('rejected')} rejected"
         if self.interrupted:
             text += f"; interrupted by {self.interrupted}, {self.not_made} not made"
         return text + (f"; job failed: {self.error}" if self.error else "")
@@ -116,7 +124,7 @@ class JobOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {
             **dataclasses.asdict(self),
-            "counts": {s: self.count(s) for s in ("done", "skipped", "failed")},
+            "counts": {s: self.count(s) for s in ITEM_STATUSES},
             "not_made": self.not_made,
         }
 
@@ -350,7 +358,7 @@ def _run(
     missing = [seed for seed in config.seeds if identities[seed] not in existing]
     for seed in config.seeds:
         if seed not in missing:
-            outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]]))
+            outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]], config))
 
     show = sys.stderr.isatty() if show_progress is None else show_progress
     with tqdm(
@@ -413,12 +421,13 @@ def _write_item(
         )
     saved = save_result(result, output_dir, extra_sidecar)
     metrics = result.metrics
+    rejected = result.memorisation is not None and result.memorisation.rejected
     outcome.items.append(
         ItemOutcome(
             result.seed,
             saved.identity,
-            "done",
-            "",
+            "rejected" if rejected else "done",
+            result.memorisation.verdict if rejected and result.memorisation is not None else "",
             saved.audio_path.name,
             saved.sidecar_path.name,
             metrics.rating,
@@ -426,17 +435,24 @@ def _write_item(
             metrics.loudness_lufs,
         )
     )
-    log.info("wrote %s (%s: %s)", saved.audio_path.name, metrics.rating, metrics.rating_reason)
+    log.info(
+        "wrote %s (%s: %s)%s",
+        saved.audio_path.name,
+        metrics.rating,
+        metrics.rating_reason,
+        ", recorded as rejected (quality.reject_copies)" if rejected else "",
+    )
 
 
-def _skipped_item(seed: int, identity: str, check: Verification) -> ItemOutcome:
+def _skipped_item(seed: int, identity: str, check: Verification, config: GenerationConfig) -> ItemOutcome:
     record = check.record or {}
     quality = record.get("quality", {})
+    rejection = recorded_rejection(record, config.quality)
     return ItemOutcome(
         seed,
         identity,
-        "skipped",
-        "verified output already present",
+        "rejected" if rejection else "skipped",
+        f"verified output already present; {rejection}" if rejection else "verified output already present",
         record["file"]["name"],
         check.sidecar_path.name,
         quality.get("rating"),

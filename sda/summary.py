@@ -34,7 +34,7 @@ from sda.runner import outputs_made_by
 
 log = logging.getLogger("sda.run")
 
-COUNTED = ("done", "skipped", "failed")
+COUNTED = ("done", "skipped", "failed", "rejected")
 SIGNAL_NAMES = tuple(signum.name for signum in SIGNALS)
 REPORT_PENDING = "being written"  # summary.json's `report` until the report is written
 # After an interruption, how long the launching process waits for jobs in other processes (joblib,
@@ -215,7 +215,8 @@ def final_line(summary: dict[str, Any], summary_error: str | None, report_error:
     jobs, folder = summary["jobs"], summary["folder"]
     line = (
         f"sda: {summary['done']} done / {summary['skipped']} skipped / {summary['failed']} failed"
-        f" in {jobs} job{'s' if jobs != 1 else ''}"
+        + (f" / {summary['rejected']} rejected" if summary["rejected"] else "")
+        + f" in {jobs} job{'s' if jobs != 1 else ''}"
     )
     notes = []
     if summary["interrupted"]:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sda.config import TrainConfig, resolve_device
+from sda.config import PhaseConfig, TrainConfig, resolve_device
 from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import AudioClip, LoadedDataset, load_audio_folder, printable
 from sda.data.windows import Augmentation, WindowSampler, silence_reason, split_by_file
@@ -52,6 +52,7 @@ from sda.dsp.spectrogram import SpectrogramSettings, log_mel
 from sda.errors import DatasetError, SdaError
 from sda.model import MelVAE, read_checkpoint, save_checkpoint, save_torch_file
 from sda.training_record import DatasetRecord, EpochRecord, MachineRecord, TrainingRecord
+from sda.training_summary import TrainingSummary, render_latents
 from sda.versions import versions
 
 log = logging.getLogger(__name__)
@@ -645,10 +646,37 @@ def train_model(
     with deterministic_kernels(device):
         stopped_because = _run_epochs(state, data, cfg, paths, session, on_epoch, show_progress)
         record = _finish(state, data, cfg, session, stopped_because, command, device)
-    save_checkpoint(state.model, record.to_dict(), paths.model, replace=cfg.overwrite)
+    summary = summarise_training_windows(state.model, data, cfg, device)
+    save_checkpoint(state.model, record.to_dict(), paths.model, replace=cfg.overwrite, summary=summary)
     read_checkpoint(paths.model)  # what we wrote must load
     shutil.rmtree(paths.state_dir, ignore_errors=True)
     return TrainingResult(model_path=paths.model, record=record)
+
+
+def summarise_training_windows(
+    model: MelVAE, data: TrainingData, cfg: TrainConfig, device: torch.device
+) -> TrainingSummary:
+    """The checkpoint's training summary (sda.training_summary) from the final weights; windows
+    are rendered with the generation defaults of phase reconstruction."""
+    model.eval()
+    phase = PhaseConfig()
+    return TrainingSummary.build(
+        lambda log_mels: model.encode(log_mels)[0],
+        lambda latents: render_latents(
+            model.decode,
+            latents.to(device),
+            cfg.spectrogram,
+            phase.inverse_mel.value,
+            phase.iterations,
+            phase.momentum,
+            phase.init.value,
+        ),
+        [(printable(clip.path), clip.audio) for clip in data.train_clips],
+        cfg.spectrogram,
+        data.hop_samples,
+        cfg.dataset.silence_dbfs,
+        device,
+    )
 
 
 def _run_epochs(

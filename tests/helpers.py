@@ -177,6 +177,39 @@ def _assert_same(alone: Any, batched: Any, atol: float, rtol: float, where: str)
         )
 
 
+def join_ratios(audio: np.ndarray, joins: list[int], half: int = 32) -> tuple[float, float]:
+    """(click ratio, spectral-flux ratio) at `joins` (sample positions).
+
+    Each statistic is taken as its maximum over a window of 2*half samples (flux: 256) centred on
+    each join, and compared with the 99th percentile of the same statistic over equal, disjoint
+    blocks away from every join. Click: |x[n+1] - x[n]|. Flux: mean positive change in dB per
+    bin between consecutive 256-point frames (hop 64)."""
+    x = audio.astype(np.float64)
+
+    def ratio(values: np.ndarray, width: int) -> float:
+        n = values.size // width
+        blocks = values[: n * width].reshape(n, width).max(axis=1)
+        starts = np.arange(n) * width
+        away = np.ones(n, bool)
+        for j in joins:
+            away &= (starts + width <= j - 2 * width) | (starts >= j + 2 * width)
+        at_joins = max(values[max(0, j - width // 2) : j + width // 2].max() for j in joins)
+        return float(at_joins / np.percentile(blocks[away], 99))
+
+    jumps = np.abs(np.diff(x))
+    spectrum = torch.stft(
+        torch.from_numpy(x),
+        256,
+        64,
+        window=torch.hann_window(256, dtype=torch.float64),
+        center=True,
+        return_complex=True,
+    ).abs()
+    level = 20 * torch.log10(spectrum + 1e-5)
+    flux = (level[:, 1:] - level[:, :-1]).clamp(min=0).mean(dim=0).numpy()
+    return ratio(jumps, 2 * half), ratio(np.repeat(flux, 64), 256)
+
+
 def has_cuda() -> bool:
     return torch.cuda.is_available()
 

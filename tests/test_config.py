@@ -7,9 +7,14 @@ import dataclasses
 import pytest
 
 from sda.config import (
+    CorpusSource,
+    FileSource,
     GenerationConfig,
     LatentInterpChunking,
     MonoStereo,
+    MorphSource,
+    PriorSource,
+    QualityConfig,
     RunConfig,
     TrainConfig,
     WavExport,
@@ -46,6 +51,17 @@ def test_defaults_compose_into_a_sealed_generation_config():
         (["stereo=mid_side", "stereo.width=1.5"], lambda c: c.stereo.width == 1.5),
         (["seed=4294967295"], lambda c: c.seed == 2**32 - 1),
         (["duration_s=600"], lambda c: c.duration_s == 600.0),
+        ([], lambda c: (c.source, c.quality) == (PriorSource(), QualityConfig(min_novelty=0.4, reject_copies=False))),
+        (
+            ["source=file", "source.path=take 3.wav", "source.spread=0.2", "source.offset_s=4"],
+            lambda c: c.source == FileSource(path="take 3.wav", spread=0.2, offset_s=4.0),
+        ),
+        (["source=corpus", "source.spread=1"], lambda c: c.source == CorpusSource(spread=1.0)),
+        (
+            ["source=morph", "source.paths=[a.wav,b.flac,c.ogg]"],
+            lambda c: c.source.paths == ("a.wav", "b.flac", "c.ogg"),
+        ),
+        (["quality.min_novelty=3", "quality.reject_copies=true"], lambda c: c.quality == QualityConfig(3.0, True)),
     ],
 )
 def test_valid_overrides_compose(overrides, check):
@@ -99,6 +115,15 @@ def test_valid_overrides_compose(overrides, check):
         (["count=0"], "count", "0", ">= 1"),
         (["seed=4294967295", "count=2"], "count", "2", "seed + count - 1"),
         (["chunking.overlap_ms=600"], "chunking.overlap_ms", "600.0", "at most half of chunking.chunk_s"),
+        (["source=file"], "source.path", "''", "the path of an audio file"),
+        (["source=file", "source.path=a.wav", "source.spread=1.5"], "source.spread", "1.5", "[0, 1]"),
+        (["source=file", "source.path=a.wav", "source.offset_s=-1"], "source.offset_s", "-1.0", "[0, 86400]"),
+        (["source=morph", "source.paths=[a.wav]"], "source.paths", "['a.wav']", "two or more audio files"),
+        (["source.spread=0.5"], "source.spread", "0.5", "not a key of this option; keys of source=prior: none"),
+        (["source=corpus", "source.path=a.wav"], "source.path", "a.wav", "keys of source=corpus: spread"),
+        (["source=microphone"], "source", "microphone", "corpus, file, morph, prior"),
+        (["quality.min_novelty=-1"], "quality.min_novelty", "-1.0", "[0, 60]"),
+        (["quality.reject_copies=maybe"], "quality.reject_copies", "maybe", "not a valid bool"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_key_value_and_allowed(overrides, key, value, allowed):
@@ -127,6 +152,11 @@ def test_python_api_config_validates_without_hydra():
     with pytest.raises(ConfigError, match="stereo="):
         GenerationConfig(stereo=LatentInterpChunking())  # an option of another group
     assert GenerationConfig().stereo == MonoStereo()
+    assert GenerationConfig().source == PriorSource()
+    assert GenerationConfig(source=FileSource(path="take.wav", spread=0.3)).source.audio_files() == ("take.wav",)
+    assert GenerationConfig(source=MorphSource(paths=["a.wav", "b.wav"])).source.paths == ("a.wav", "b.wav")
+    with pytest.raises(ConfigError, match="source="):
+        GenerationConfig(source=MonoStereo())
 
 
 def test_sweep_points_are_expanded_like_hydra_does():

@@ -125,7 +125,7 @@ def test_a_signal_ends_the_run_with_one_line_and_files_that_say_interrupted_then
     outcome = json.loads((job / "outcome.json").read_text())
     assert (outcome["interrupted"], outcome["counts"], outcome["not_made"]) == (
         name,
-        {"done": done, "skipped": 0, "failed": 0},
+        {"done": done, "skipped": 0, "failed": 0, "rejected": 0},
         10 - done,
     )
     recorded = json.loads((job / "summary.json").read_text())

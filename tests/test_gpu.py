@@ -19,7 +19,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from sda.config import OPTIONS, GenerationConfig, Normalize, OneshotChunking, WavExport
+from sda.config import (
+    OPTIONS,
+    CorpusSource,
+    FileSource,
+    GenerationConfig,
+    MorphSource,
+    Normalize,
+    OneshotChunking,
+    WavExport,
+)
 from sda.dsp.difference import log_spectral_distance_db, peak_difference_dbfs
 from sda.model import load_model
 from sda.numerics import GPU_BATCH, GPU_VS_CPU
@@ -118,6 +127,29 @@ def test_cuda_one_shots_at_a_loudness_target_are_near_the_cpu_render(models, ste
         peak, lsd = difference(gpu.audio, cpu.audio)
         report(f"cuda against cpu, oneshot loudness {stereo} seed {gpu.seed}", peak, lsd)
         assert peak <= GPU_VS_CPU_PEAK_DBFS and lsd <= GPU_VS_CPU_LSD_DB
+
+
+@pytest.mark.parametrize("source", ["file", "corpus", "morph"])
+@pytest.mark.parametrize("chunking", ["crossfade", "latent_interp"])
+def test_cuda_render_from_a_source_is_near_the_cpu_render_and_judged_alike(models, tmp_path, chunking, source):
+    t = np.arange(3 * 48000) / 48000
+    for name, freq in (("a.wav", 220.0), ("b.wav", 1760.0)):
+        sf.write(tmp_path / name, 0.5 * np.sin(2 * math.pi * freq * t) * np.exp(-0.5 * t), 48000)
+    options = {
+        "file": FileSource(path=str(tmp_path / "a.wav"), spread=0.3),
+        "corpus": CorpusSource(spread=0.0),
+        "morph": MorphSource(paths=(str(tmp_path / "a.wav"), str(tmp_path / "b.wav")), spread=0.2),
+    }
+    gpu_config = config(chunking, "dual_seed", source=options[source])
+    on_gpu = GenerationPipeline(models["cuda"], gpu_config).generate([0, 1])
+    on_cpu = GenerationPipeline(models["cpu"], gpu_config, device="cpu").generate([0, 1])
+    for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
+        check_delivered(gpu.audio, 2, round(2.0 * 48000))
+        peak, lsd = difference(gpu.audio, cpu.audio)
+        report(f"cuda against cpu, source={source} {chunking} dual_seed seed {gpu.seed}", peak, lsd)
+        assert peak <= GPU_VS_CPU_PEAK_DBFS and lsd <= GPU_VS_CPU_LSD_DB
+        assert gpu.memorisation.near_copy == cpu.memorisation.near_copy
+        assert abs(gpu.memorisation.nearest.distance_db - cpu.memorisation.nearest.distance_db) < 0.5
 
 
 @pytest.mark.parametrize(

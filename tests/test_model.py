@@ -79,7 +79,27 @@ def test_checkpoint_is_loaded_with_weights_only(saved: Path):
     record = torch.load(saved, weights_only=True)
     assert record["format"] == "sda-checkpoint"
     assert record["format_version"] == CHECKPOINT_FORMAT_VERSION
-    assert set(record) == {"format", "format_version", "hyperparameters", "spectrogram", "training", "state_dict"}
+    assert set(record) == {
+        "format",
+        "format_version",
+        "hyperparameters",
+        "spectrogram",
+        "training",
+        "state_dict",
+        "training_summary",
+    }
+
+
+def test_a_format_1_checkpoint_still_loads_without_a_training_summary(tmp_path: Path, small_vae: MelVAE):
+    record = checkpoint_record(small_vae, {"note": "made before format 2"})
+    record["format_version"] = 1
+    del record["training_summary"]
+    torch.save(record, tmp_path / "v1.pt")
+    loaded = load_model(tmp_path / "v1.pt", "cpu")
+    assert loaded.summary is None and loaded.training["note"] == "made before format 2"
+    record["format_version"] = 2  # format 2 must carry the section, even when it is empty
+    torch.save(record, tmp_path / "v2.pt")
+    assert "lacks its 'training_summary' section" in _one_line_error(tmp_path / "v2.pt")
 
 
 def _one_line_error(path, **kwargs) -> str:
@@ -197,6 +217,13 @@ def test_shipped_default_model_loads_and_is_small():
         assert key in record, key
     assert {"file_count", "total_seconds", "content_hash"} <= set(record["dataset"])
     assert "dataset=demo" in record["command"]
+    # format 2: the training windows' latents, the training audio's index and the model's renditions
+    assert torch.load(loaded.path, weights_only=True)["format_version"] == 2
+    summary = loaded.summary
+    assert summary is not None and summary.novelty is not None and summary.renditions is not None
+    assert len(summary) == len(summary.renditions) == record["dataset"]["train_windows"]
+    assert summary.latents.shape == (len(summary), loaded.latent_dim)
+    assert len(summary.files) == record["dataset"]["train_files"]
 
 
 def test_a_checkpoint_is_never_overwritten_unless_asked(saved, small_vae, tmp_path):

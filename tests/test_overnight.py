@@ -144,7 +144,7 @@ def test_failing_item_is_recorded_and_the_rest_of_its_batch_written(tmp_path, ha
         audio, _ = sf.read(str(path))
         assert np.isfinite(audio).all() and np.abs(audio).max() > 0.5
     recorded = json.loads((tmp_path / "job" / "outcome.json").read_text())
-    assert recorded["counts"] == {"done": 2, "skipped": 0, "failed": 1}
+    assert recorded["counts"] == {"done": 2, "skipped": 0, "failed": 1, "rejected": 0}
     assert recorded["items"][0]["reason"] == "non-finite samples in the generated audio"
 
 
@@ -165,8 +165,8 @@ def test_sweep_with_a_failing_item_runs_every_job_and_exits_1(tmp_path, half_bro
     assert "seed 3 failed: non-finite samples" in proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert summary["ok"] is False and [j["counts"] for j in summary["job_outcomes"]] == [
-        {"done": 1, "skipped": 0, "failed": 1},
-        {"done": 2, "skipped": 0, "failed": 0},
+        {"done": 1, "skipped": 0, "failed": 1, "rejected": 0},
+        {"done": 2, "skipped": 0, "failed": 0, "rejected": 0},
     ]
     assert len(list((tmp_path / "sweep" / "0").glob("gen_*.wav"))) == 1
     assert len(list((tmp_path / "sweep" / "1").glob("gen_*.wav"))) == 2

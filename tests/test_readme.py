@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,3 +56,16 @@ def test_readme_python_example_runs_without_hydra_and_writes_a_file(tmp_path, mo
     assert len(audio) == 1 and audio[0].with_suffix(".json") in written
     info = sf.info(str(audio[0]))
     assert info.frames == round(5.0 * 48000) == result.frames
+
+
+def test_readme_source_example_runs_from_python_on_a_recording(tmp_path, monkeypatch):
+    text = (REPO / "README.md").read_text()
+    [code] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "FileSource" in block]
+    monkeypatch.chdir(tmp_path)
+    t = np.arange(3 * 44100) / 44100
+    sf.write("take3.wav", np.stack([0.4 * np.sin(2 * np.pi * 220 * t) * np.exp(-t)] * 2, 1), 44100)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    results = namespace["results"]
+    assert [r.seed for r in results] == [0, 1, 2] and all(r.frames == 5 * 48000 for r in results)
+    assert all(r.source_files[0]["path"] == "take3.wav" for r in results)

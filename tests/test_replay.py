@@ -47,6 +47,11 @@ def evil_module(folder: Path) -> Path:
         ({"chunking": {"mode": "os.system"}}, "chunking.mode"),
         ({"phase": {"iterations": 8, "defaults": ["x"]}}, "phase.defaults"),
         ({"model": {"checkpoint": {"nested": "dict"}}}, "model.checkpoint"),
+        ({"source": {"mode": "prior", "_target_": "evil_hook.Hook"}}, "source._target_"),
+        ({"source": {"mode": "file", "path": "a.wav", "hydra": {"run": "x"}}}, "source.hydra"),
+        ({"source": {"mode": "morph", "paths": ["a.wav", {"_target_": "evil_hook.Hook"}]}}, "source.paths"),
+        ({"source": {"mode": "microphone"}}, "source.mode"),
+        ({"quality": {"min_novelty": 1.0, "defaults": ["x"]}}, "quality.defaults"),
     ],
 )
 def test_reproduce_refuses_any_key_but_generation_settings_in_one_line(tmp_path, monkeypatch, capsys, crafted, named):

@@ -108,7 +108,7 @@ def test_run_writes_count_outputs_with_consecutive_seeds_into_the_dated_run_fold
         assert record["model"]["sha256"] == file_sha256(PACKAGED_MODELS_DIR / "default.pt")
 
     outcome = json.loads((run_dir / "outcome.json").read_text())
-    assert outcome["counts"] == {"done": 3, "skipped": 0, "failed": 0}
+    assert outcome["counts"] == {"done": 3, "skipped": 0, "failed": 0, "rejected": 0}
     assert json.loads((run_dir / "summary.json").read_text())["ok"] is True
     # One log line per finished file, no progress bar when stderr is not a terminal.
     assert len(re.findall(r"wrote gen_\S+_seed\d\.wav", proc.stdout + proc.stderr)) == 3

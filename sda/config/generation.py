@@ -16,6 +16,7 @@ from sda.dsp.finish import ONESHOT_END_SILENCE_MS
 from sda.dsp.spectrogram import MAX_WINDOW_S
 from sda.encode import FORMATS
 from sda.errors import ConfigError
+from sda.novelty import NEAR_COPY_DB
 
 MAX_DURATION_S = 600.0
 # 10 ms: at least 441 frames at every export rate (a shorter file is no sound, only a click).
@@ -294,17 +295,109 @@ def _check_bit_depth(export: WavExport | FlacExport, note: str) -> None:
         )
 
 
+@dataclass(unsafe_hash=True)
+class SourceConfig(GroupOption):
+    """Where an output's latents come from (an option of `source`; see sda.sources).
+
+    Every option but `prior` has a `spread` in [0, 1]: each latent becomes
+    sqrt(1 - spread^2) * (the source's latent) + spread * (the prior's latent for that seed), so
+    0 follows the source exactly and 1 is the prior render of the seed, bit for bit."""
+
+    KEY: ClassVar[str] = "source"
+
+    @property
+    def mode(self) -> str:
+        return self.OPTION
+
+    def audio_files(self) -> tuple[str, ...]:
+        """The audio files this option reads, as given (none for prior and corpus)."""
+        return ()
+
+
+@dataclass(unsafe_hash=True)
+class PriorSource(SourceConfig):
+    """Latents drawn from the prior N(0, I) by the item's seed: what sda has always done."""
+
+    OPTION: ClassVar[str] = "prior"
+
+
+@dataclass(unsafe_hash=True)
+class FileSource(SourceConfig):
+    """The latent trajectory of one audio file (`path`: any format and rate soundfile reads),
+    from `offset_s` seconds into it, looped when the output is longer than what is left."""
+
+    OPTION: ClassVar[str] = "file"
+    path: str = ""
+    spread: float = 0.0
+    offset_s: float = 0.0
+
+    def audio_files(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def validate(self) -> None:
+        _check_path(f"{self.KEY}.path", self.path)
+        _check_spread(self)
+        check_range(f"{self.KEY}.offset_s", self.offset_s, 0.0, MAX_OFFSET_S)
+
+
+@dataclass(unsafe_hash=True)
+class CorpusSource(SourceConfig):
+    """Latents of the model's own training windows (stored in its checkpoint), drawn by the seed."""
+
+    OPTION: ClassVar[str] = "corpus"
+    spread: float = 0.0
+
+    def validate(self) -> None:
+        _check_spread(self)
+
+
+@dataclass(unsafe_hash=True)
+class MorphSource(SourceConfig):
+    """A path through the latent trajectories of two or more files (`paths`), from the first at
+    the start of the output to the last at its end (SLERP between neighbours)."""
+
+    OPTION: ClassVar[str] = "morph"
+    paths: tuple[str, ...] = ()
+    spread: float = 0.0
+
+    def audio_files(self) -> tuple[str, ...]:
+        return tuple(self.paths)
+
+    def validate(self) -> None:
+        paths = tuple(self.paths)
+        if len(paths) < 2:
+            raise ConfigError(f"{self.KEY}.paths", list(paths), "two or more audio files: source.paths=[A.wav,B.wav]")
+        for path in paths:
+            _check_path(f"{self.KEY}.paths", path)
+        object.__setattr__(self, "paths", paths)
+        _check_spread(self)
+
+
+MAX_OFFSET_S = 86400.0
+
+
+def _check_path(key: str, path: str) -> None:
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(key, path, "the path of an audio file (any format soundfile reads)")
+
+
+def _check_spread(option: FileSource | CorpusSource | MorphSource) -> None:
+    check_range(f"{option.KEY}.spread", option.spread, 0.0, 1.0)
+
+
 # Every option of every group, by group and name: the YAML files in conf/<group>/ name these.
 OPTIONS: dict[str, dict[str, type[GroupOption]]] = {
     "chunking": {c.OPTION: c for c in (CrossfadeChunking, LatentInterpChunking, OneshotChunking)},
     "stereo": {c.OPTION: c for c in (MonoStereo, MidSideStereo, DualSeedStereo)},
     "export": {c.OPTION: c for c in (WavExport, FlacExport, OggExport)},
+    "source": {c.OPTION: c for c in (PriorSource, FileSource, CorpusSource, MorphSource)},
 }
 # The option a group takes when the Python API leaves it out (conf/config.yaml's defaults).
 DEFAULT_OPTIONS: dict[str, type[GroupOption]] = {
     "chunking": CrossfadeChunking,
     "stereo": MonoStereo,
     "export": WavExport,
+    "source": PriorSource,
 }
 
 
@@ -326,6 +419,22 @@ class PhaseConfig(Sealed):
 
 
 @dataclass(unsafe_hash=True)
+class QualityConfig(Sealed):
+    """The memorisation check's verdict on every output (nothing here changes the audio).
+
+    An output whose nearest training window (sda.novelty, in dB) lies nearer than `min_novelty`
+    is rated red ("near copy of FILE at T s"); with `reject_copies` it is also recorded as
+    rejected instead of done (the file is still written: see sda.memorisation)."""
+
+    KEY: ClassVar[str] = "quality"
+    min_novelty: float = NEAR_COPY_DB  # dB; why this default: sda.memorisation
+    reject_copies: bool = False
+
+    def validate(self) -> None:
+        check_range(f"{self.KEY}.min_novelty", self.min_novelty, 0.0, 60.0)
+
+
+@dataclass(unsafe_hash=True)
 class GenerationConfig(Sealed):
     """Everything that decides the audio an output gets, plus how to compute it.
 
@@ -343,7 +452,9 @@ class GenerationConfig(Sealed):
     chunking: ChunkingConfig = MISSING
     stereo: StereoConfig = MISSING
     export: ExportConfig = MISSING
+    source: SourceConfig = MISSING
     phase: PhaseConfig = field(default_factory=PhaseConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
         for group, option in DEFAULT_OPTIONS.items():

@@ -32,7 +32,7 @@ import torch
 
 from sda.data.corpus import MANIFEST_NAME
 from sda.dsp.resample import LOWPASS_FILTER_WIDTH, ROLLOFF, resample
-from sda.errors import DatasetError
+from sda.errors import ConfigError, DatasetError
 from sda.files import file_sha256
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,19 @@ def load_audio_folder(root: Path | str, sample_rate: int = 48000) -> LoadedDatas
     total_samples = sum(clip.audio.shape[0] for clip in clips)
     fingerprint = DatasetFingerprint(len(clips), total_samples / sample_rate, content.hexdigest())
     return LoadedDataset(root=root, clips=clips, skipped=skipped, fingerprint=fingerprint, sample_rate=sample_rate)
+
+
+def read_audio_file(path: Path | str, sample_rate: int, key: str = "file") -> AudioClip:
+    """One file as a mono float32 clip at `sample_rate`, read and resampled as `load_audio_folder`
+    does (its `path` is the path given). Raises ConfigError, one line naming `key` (the setting
+    that named the file), the file and why it is not usable."""
+    path = Path(path)
+    try:
+        audio, source_rate, channels = _read_mono(path, path)
+        audio = _resample_to(audio, source_rate, sample_rate)
+    except _Unusable as unusable:
+        raise ConfigError(key, printable(path), f"usable audio, but it is {_one_line(str(unusable))}") from None
+    return AudioClip(path, audio, source_rate, channels)
 
 
 def _candidate_files(root: Path) -> list[Path]:

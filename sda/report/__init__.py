@@ -20,7 +20,7 @@ import soundfile as sf
 from sda.files import write_atomic
 from sda.outputs import INDEX_FILE, MANIFEST_FILE
 from sda.report.page import page_html
-from sda.report.rows import ReportRow, collect_rows, manifest_csv, relative_to
+from sda.report.rows import VERIFIED, ReportRow, collect_rows, manifest_csv, relative_to
 from sda.report.spectrogram import spectrogram_path, write_spectrogram
 from sda.report.waveform import waveform_path, write_waveform
 
@@ -30,10 +30,10 @@ __all__ = ["write_report"]
 
 
 def add_spectrograms(folder: Path, rows: list[ReportRow]) -> None:
-    """Draw the picture of every done output that has none yet, and link each row to its own: a
+    """Draw the picture of every verified output that has none yet, and link each row to its own: a
     waveform for a one-shot (a hit is seen by its shape), a spectrogram for anything else."""
     for row in rows:
-        if row.status != "done" or row.audio_path is None:
+        if row.status not in VERIFIED or row.audio_path is None:
             continue
         key = row.identity or row.audio_sha256
         one_shot = row.chunking == "oneshot"

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sda.outputs import MANIFEST_FILE
-from sda.report.rows import RATING_RANK, STATUS_RANK, ReportRow, value_text
+from sda.report.rows import RATING_RANK, STATUS_RANK, VERIFIED, ReportRow, value_text
 from sda.report.spectrogram import (
     SPECTROGRAM_F_MIN_HZ,
     SPECTROGRAM_FLOOR_DB,
@@ -77,9 +77,8 @@ KIT_COLUMNS: tuple[KitColumn, ...] = (
     KitColumn("length_ms", "length (ms)", lambda r: None if r.length_s is None else 1000 * r.length_s, 0),
     KitColumn("loudness_lufs", "loudness (LUFS)", lambda r: r.loudness_lufs, 1),
     KitColumn("true_peak_dbtp", "true peak (dBTP)", lambda r: r.true_peak_dbtp, 2),
-    # The place for a novelty figure (distance to the nearest training window): a ReportRow field
-    # named `novelty_db` appears here, sortable, as soon as rows carry it.
-    KitColumn("novelty_db", "novelty (dB)", lambda r: getattr(r, "novelty_db", None), 2),
+    # The memorisation check's distance to the nearest training window, where it was measured.
+    KitColumn("nearest_training_db", "nearest training window (dB)", lambda r: r.nearest_training_db, 2),
 )
 
 
@@ -146,7 +145,7 @@ def kit_html(rows: list[ReportRow]) -> Markup:
 
 def row_html(row: ReportRow) -> Markup:
     href = quote(row.file) if row.file else ""
-    if row.status == "done" or row.audio_exists:  # a broken file may still play in part
+    if row.status in VERIFIED or row.audio_exists:  # a broken file may still play in part
         player = fill("player.html", src=href)
     else:
         player = fill("no_player.html", status=row.status)
@@ -160,6 +159,7 @@ def row_html(row: ReportRow) -> Markup:
     link = fill("audio_link.html", href=href, name=name) if row.audio_exists else Markup(html.escape(name))
     if row.sidecar:
         link = Markup(f"{link} {fill('sidecar_link.html', href=quote(row.sidecar))}")
+    nearest_text, nearest_where = _nearest_texts(row)
     seed_text = value_text(row.seed) + (f" / R {row.right_seed}" if row.right_seed is not None else "")
     format_text = (row.format or "") + (f" {row.bit_depth}-bit" if row.bit_depth and row.format != "ogg" else "")
     return fill(
@@ -193,16 +193,31 @@ def row_html(row: ReportRow) -> Markup:
         loudness_text=_loudness_text(row),
         true_peak_dbtp=value_text(row.true_peak_dbtp),
         true_peak_text=_number(row.true_peak_dbtp, 2),
+        nearest_training_db=value_text(row.nearest_training_db),
+        nearest_text=nearest_text,
+        nearest_where=nearest_where,
     )
+
+
+def _nearest_texts(row: ReportRow) -> tuple[str, str]:
+    """(distance, where) for the nearest-training-window cell: "3.21" and "rain.wav at 1.50 s",
+    or what the check said when it measured nothing."""
+    if row.nearest_training_db is not None:
+        start = "" if row.nearest_training_start_s is None else f" at {row.nearest_training_start_s:.2f} s"
+        return f"{row.nearest_training_db:.2f}", f"{row.nearest_training_file or '?'}{start}"
+    if row.status in VERIFIED and row.memorisation:
+        return row.memorisation.replace("_", " "), ""
+    return "", ""
 
 
 def page_html(folder: Path, rows: list[ReportRow], problems: list[str]) -> str:
     """The whole page for the rows of `folder` and its job-level problems."""
     counts = {status: sum(1 for r in rows if r.status == status) for status in STATUS_RANK}
     ratings = {rating: sum(1 for r in rows if r.status == "done" and r.rating == rating) for rating in RATING_RANK}
+    rejected = f"{counts['rejected']} rejected as near copies, " if counts["rejected"] else ""
     summary = (
         f"{counts['done']} done ({ratings['green']} green, {ratings['yellow']} yellow, {ratings['red']} red), "
-        f"{counts['broken']} broken, {counts['failed']} failed; {MANIFEST_FILE} lists them all."
+        f"{rejected}{counts['broken']} broken, {counts['failed']} failed; {MANIFEST_FILE} lists them all."
     )
     problem_list = Markup("")
     if problems:

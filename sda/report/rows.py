@@ -3,9 +3,12 @@
 One row per output found in a job folder (every sidecar, checked with `verify_output`, and any
 `gen_*` audio file without a sidecar), one per output a resume set aside in its `broken/`
 folder, plus one per item that `outcome.json` records as failed. Status: `done` (the audio
-matches its sidecar), `broken` (it does not, there is no sidecar, or it was set aside; the reason
-says why) or `failed` (never written; the job's reason). Job-level errors (a job that died or
-could not start) and interruptions are returned as problems.
+matches its sidecar), `rejected` (it does, but the job recorded it as a near copy of training
+audio: sda.memorisation; the reason says of what), `broken` (it does not, there is no sidecar, or
+it was set aside; the reason says why) or `failed` (never written; the job's reason). Job-level
+errors (a job that died or could not start) and interruptions are returned as problems. Each
+output's nearest training window (distance in dB, file, start) comes from its sidecar's
+memorisation check.
 
 In manifest.csv a text cell that a spreadsheet would take for a formula (starting with `=`, `+`,
 `-`, `@`, a tab or a carriage return) gets a leading apostrophe; numbers are written as numbers.
@@ -50,6 +53,9 @@ MANIFEST_COLUMNS = (
     "loudness_shortfall_lu",
     "rating",
     "rating_reason",
+    "nearest_training_db",
+    "nearest_training_file",
+    "nearest_training_start_s",
     "status",
     "reason",
     "identity",
@@ -59,7 +65,9 @@ MANIFEST_COLUMNS = (
 )
 # Sort order of the page's rating column: best first, then what has no audio worth hearing.
 RATING_RANK = {"green": 0, "yellow": 1, "red": 2}
-STATUS_RANK = {"done": 0, "broken": 1, "failed": 2}
+STATUS_RANK = {"done": 0, "rejected": 1, "broken": 2, "failed": 3}
+# Statuses of outputs whose audio matches their sidecar (they get a spectrogram and a player).
+VERIFIED = ("done", "rejected")
 # What a spreadsheet reads as the start of a formula (OWASP's list for CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _AUDIO_NAME = re.compile(
@@ -99,6 +107,10 @@ class ReportRow:
     loudness_shortfall_lu: float | None = None
     rating: str | None = None
     rating_reason: str | None = None
+    nearest_training_db: float | None = None
+    nearest_training_file: str | None = None
+    nearest_training_start_s: float | None = None
+    memorisation: str | None = None  # the check's status: checked, unavailable, no_window
     spectrogram: str = ""
     waveform: str = ""
     audio_exists: bool = False
@@ -219,6 +231,10 @@ def _fill_from_record(row: ReportRow, record: dict[str, Any]) -> None:
         row.length_s = row.frames / row.sample_rate
     row.rating = _as_str(_get(record, "quality", "rating"))
     row.rating_reason = _as_str(_get(record, "quality", "rating_reason"))
+    row.memorisation = _as_str(_get(record, "memorisation", "status"))
+    row.nearest_training_db = _as_float(_get(record, "memorisation", "distance_db"))
+    row.nearest_training_file = _as_str(_get(record, "memorisation", "file"))
+    row.nearest_training_start_s = _as_float(_get(record, "memorisation", "start_s"))
 
 
 def _job_config(outcome: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -249,8 +265,23 @@ def _failed_row(item: dict[str, Any], job: str, config: dict[str, Any]) -> Repor
     return row
 
 
+def _rejected(outcome: Any) -> dict[str, str]:
+    """identity -> reason of every item the job's outcome records as rejected."""
+    items = _get(outcome, "items")
+    return {
+        str(item.get("identity")): str(item.get("reason") or "rejected")
+        for item in (items if isinstance(items, list) else [])
+        if isinstance(item, dict) and item.get("status") == "rejected"
+    }
+
+
 def _output_rows(
-    folder: Path, where: Path, job: str, records: list[dict[str, Any]], set_aside: bool = False
+    folder: Path,
+    where: Path,
+    job: str,
+    records: list[dict[str, Any]],
+    rejected: dict[str, str],
+    set_aside: bool = False,
 ) -> list[ReportRow]:
     """Rows for the outputs in `where` (a job folder, or one of its broken/ folders when
     `set_aside`: every output there is broken, whatever its files say now)."""
@@ -272,6 +303,8 @@ def _output_rows(
             if not ok:  # the sidecar's measurements describe audio that is not on disk
                 row.peak_dbfs = row.rms_dbfs = row.loudness_lufs = row.rating = row.rating_reason = None
                 row.true_peak_dbtp = row.loudness_shortfall_lu = None
+                row.nearest_training_db = row.nearest_training_file = row.nearest_training_start_s = None
+                row.memorisation = None
         if check.audio_path is not None:
             named.add(check.audio_path.name)
             row.file = relative_to(check.audio_path, folder)
@@ -279,6 +312,8 @@ def _output_rows(
         if ok and check.audio_path is not None:
             row.audio_path = check.audio_path
             row.audio_sha256 = str(_get(check.record, "file", "sha256"))
+            if row.identity in rejected:
+                row.status, row.reason = "rejected", rejected[row.identity]
         rows.append(row)
     for audio in sorted(where.glob(f"{OUTPUT_PREFIX}*")):
         if audio.is_file() and _AUDIO_NAME.match(audio.name) and audio.name not in named:
@@ -291,21 +326,26 @@ def _output_rows(
 
 def _job_rows(folder: Path, job_dir: Path, problems: list[str]) -> list[ReportRow]:
     job = relative_to(job_dir, folder) if job_dir != folder else "."
+    try:
+        outcome: Any = json.loads((job_dir / OUTCOME_FILE).read_text())
+        outcome_error = None
+    except FileNotFoundError:
+        outcome, outcome_error = (
+            None,
+            f"job {job}: no {OUTCOME_FILE}: the job's process ended early or is still running",
+        )
+    except (OSError, ValueError) as error:
+        outcome, outcome_error = None, f"job {job}: unreadable {OUTCOME_FILE}: {error}"
+    rejected = _rejected(outcome)
     records: list[dict[str, Any]] = []
-    rows = _output_rows(folder, job_dir, job, records)
+    rows = _output_rows(folder, job_dir, job, records, rejected)
     broken = job_dir / BROKEN_DIR
     for where in sorted({broken, *(p.parent for p in broken.rglob(f"{OUTPUT_PREFIX}*"))}):
         if where.is_dir():
-            rows.extend(_output_rows(folder, where, job, records, set_aside=True))
+            rows.extend(_output_rows(folder, where, job, records, rejected, set_aside=True))
 
-    outcome_path = job_dir / OUTCOME_FILE
-    try:
-        outcome = json.loads(outcome_path.read_text())
-    except FileNotFoundError:
-        problems.append(f"job {job}: no {OUTCOME_FILE}: the job's process ended early or is still running")
-        return rows
-    except (OSError, ValueError) as error:
-        problems.append(f"job {job}: unreadable {OUTCOME_FILE}: {error}")
+    if outcome_error is not None:
+        problems.append(outcome_error)
         return rows
     if _get(outcome, "error"):
         problems.append(f"job {job}: {outcome['error']}")

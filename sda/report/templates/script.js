@@ -49,11 +49,12 @@
   var table = document.getElementById("outputs");
   var outputs = sortable(table, function (key) { document.body.setAttribute("data-sorted-by", key); });
   if (match) outputs.sortBy(match[2], match[1] === "-");
-  var counts = {done: 0, broken: 0, failed: 0};
+  var counts = {done: 0, rejected: 0, broken: 0, failed: 0};
   outputs.rows.forEach(function (row) { counts[row.getAttribute("data-status")] += 1; });
   table.setAttribute("data-js-rows", String(outputs.rows.length));
   document.getElementById("js-count").textContent =
-    outputs.rows.length + " rows: " + counts.done + " done, " + counts.broken + " broken, " + counts.failed + " failed";
+    outputs.rows.length + " rows: " + counts.done + " done, " + counts.broken + " broken, " + counts.failed + " failed" +
+    (counts.rejected ? ", " + counts.rejected + " rejected" : "");
 
   // The kit view: one hit per row, played from its start by a click (or Enter / Space).
   var kit = document.getElementById("kit");
