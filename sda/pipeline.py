@@ -57,7 +57,7 @@ from sda.dsp.chunking import (
 from sda.dsp.finish import FinishSettings, ItemLevel, OneshotEnd, finish
 from sda.dsp.loudness import Levels, amplitude_dbtp, true_peak
 from sda.dsp.phase import griffin_lim, inverse_mel
-from sda.dsp.quality import QualityMetrics, measure_quality_batch
+from sda.dsp.quality import QualityMetrics, measure_quality
 from sda.dsp.spectrogram import decompress
 from sda.errors import CheckpointError, ConfigError
 from sda.memorisation import MemorisationCheck, check_output, rated
@@ -272,12 +272,8 @@ class GenerationPipeline:
         rendered = self.render_voices(list(seeds) + right_seeds, needed, clock)
         with clock.stage("dsp"):
             finished = finish(rendered.audio, self.settings.sample_rate, self.finish_settings, self.output_frames())
-            if self.finish_settings.oneshot is None:
-                metrics = measure_quality_batch(finished.audio, cfg.export.sample_rate)
-            else:  # one-shots: each measured over its own length
-                metrics = [
-                    measure_quality_batch(finished.item(i)[None], cfg.export.sample_rate)[0] for i in range(len(seeds))
-                ]
+            # Each item measured over its own length (a one-shot's ends where its hit ends).
+            metrics = [measure_quality(finished.item(i), cfg.export.sample_rate) for i in range(len(seeds))]
             # What every sidecar records: the delivered audio's loudness (the quality metrics'
             # measurement) and true peak, and what a loudness normalisation did.
             levels = [

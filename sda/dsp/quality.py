@@ -198,22 +198,18 @@ def integrated_loudness(audio: torch.Tensor, sample_rate: int, peaks: torch.Tens
     return loudness - 20.0 * torch.log10(headroom)
 
 
-def measure_quality_batch(audio: torch.Tensor, sample_rate: int) -> list[QualityMetrics]:
-    """QualityMetrics of each item of a `[B, C, N]` batch; statistics are computed for all at once."""
-    if audio.dim() != 3 or audio.shape[-1] == 0 or audio.shape[1] == 0:
-        raise ValueError(f"audio has shape {tuple(audio.shape)}: expected [batch, channels, samples >= 1]")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate={sample_rate}: must be > 0")
-    batch, channels, samples = audio.shape
-    if audio.dtype not in (torch.float32, torch.float64):
-        audio = audio.float()
-    finite_mask = torch.isfinite(audio)
+def _statistics(item: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """The numbers of one `[1, C, N]` item as a `[1, 10]` float64 row: snr, clipped, longest run,
+    peak, power, dc, silent fraction, correlation, loudness, non-finite samples."""
+    channels = item.shape[1]
+    item = item.contiguous()  # the same memory layout whatever it was cut from
+    finite_mask = torch.isfinite(item)
     non_finite = (~finite_mask).sum(dim=(1, 2))
     if bool(non_finite.any()):
-        audio = torch.where(finite_mask, audio, torch.zeros_like(audio))
+        item = torch.where(finite_mask, item, torch.zeros_like(item))
     del finite_mask
 
-    magnitude = audio.abs()
+    magnitude = item.abs()
     peaks = magnitude.amax(dim=(1, 2))
     clipped_mask = magnitude >= CLIP_THRESHOLD
     del magnitude
@@ -221,24 +217,39 @@ def measure_quality_batch(audio: torch.Tensor, sample_rate: int) -> list[Quality
     longest = longest_runs(clipped_mask) if bool(clipped.any()) else torch.zeros_like(clipped)
     del clipped_mask
 
-    mean_power = audio.square().mean(dim=(1, 2))
-    dc = audio.mean(dim=-1).abs().amax(dim=-1)
-    powers = frame_powers(audio, sample_rate)
-    silent_fraction = (powers < 10.0 ** (SILENT_FRAME_DBFS / 10.0)).to(audio.dtype).mean(dim=-1)
+    mean_power = item.square().mean(dim=(1, 2))
+    dc = item.mean(dim=-1).abs().amax(dim=-1)
+    powers = frame_powers(item, sample_rate)
+    silent_fraction = (powers < 10.0 ** (SILENT_FRAME_DBFS / 10.0)).to(item.dtype).mean(dim=-1)
     floor = torch.quantile(powers, NOISE_FLOOR_QUANTILE, dim=-1)
     snr = torch.where(floor > 0, 10.0 * torch.log10(mean_power / floor), torch.full_like(floor, SNR_CAP_DB)).clamp(
         max=SNR_CAP_DB
     )
     snr = torch.where(mean_power > 0, snr, torch.full_like(snr, math.nan))
-    correlation = stereo_correlation(audio) if channels == 2 else torch.full_like(peaks, math.nan)
+    correlation = stereo_correlation(item) if channels == 2 else torch.full_like(peaks, math.nan)
     if channels <= len(CHANNEL_WEIGHTS):
-        loudness = integrated_loudness(audio, sample_rate, peaks)
+        loudness = integrated_loudness(item, sample_rate, peaks)
     else:
         loudness = torch.full_like(peaks, math.nan)
-
-    # One transfer for all the per-item numbers.
     columns = [snr, clipped, longest, peaks, mean_power, dc, silent_fraction, correlation, loudness, non_finite]
-    rows = torch.stack([c.to(torch.float64) for c in columns], dim=1).tolist()
+    return torch.stack([c.to(torch.float64) for c in columns], dim=1)
+
+
+def measure_quality_batch(audio: torch.Tensor, sample_rate: int) -> list[QualityMetrics]:
+    """QualityMetrics of each item of a `[B, C, N]` batch.
+
+    Each item's statistics are computed on that item alone, in the shape it has alone: a
+    reduction over a `[B, N]` tensor may add in another order than over `[1, N]` (it does on
+    some processors), and a sidecar's numbers must not depend on the batch the item was made
+    in. One transfer brings all the numbers back."""
+    if audio.dim() != 3 or audio.shape[-1] == 0 or audio.shape[1] == 0:
+        raise ValueError(f"audio has shape {tuple(audio.shape)}: expected [batch, channels, samples >= 1]")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate={sample_rate}: must be > 0")
+    batch, channels, samples = audio.shape
+    if audio.dtype not in (torch.float32, torch.float64):
+        audio = audio.float()
+    rows = torch.cat([_statistics(audio[i : i + 1], sample_rate) for i in range(batch)]).tolist()
     results = []
     for snr_i, clipped_i, longest_i, peak_i, power_i, dc_i, silent_i, corr_i, lufs_i, bad_i in rows:
         values: dict[str, Any] = {
