@@ -45,6 +45,7 @@ from sda.dsp.chunking import (
 )
 from sda.dsp.finish import FinishSettings, finish
 from sda.dsp.phase import griffin_lim, inverse_mel
+from sda.dsp.picture import PictureSettings, spectrogram_levels_batch
 from sda.dsp.quality import QualityMetrics, measure_quality_batch
 from sda.dsp.spectrogram import decompress
 from sda.errors import CheckpointError, ConfigError
@@ -85,6 +86,8 @@ class GenerationResult:
     started_at: datetime
     finished_at: datetime
     timings_s: dict[str, float] = field(default_factory=dict)
+    # `[height, width]` levels of the report's picture, when the pipeline was asked for them
+    spectrogram_db: np.ndarray | None = None
 
     @property
     def channels(self) -> int:
@@ -141,8 +144,17 @@ class GenerationPipeline:
     >>> result = pipeline.generate([7])[0]
     """
 
-    def __init__(self, model: LoadedModel, config: GenerationConfig, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: GenerationConfig,
+        device: str | torch.device | None = None,
+        picture: PictureSettings | None = None,
+    ) -> None:
+        """`picture`: also compute each item's spectrogram-picture levels (sda.dsp.picture) with
+        the batch, where its audio is (`GenerationResult.spectrogram_db`)."""
         self.config = config
+        self.picture = picture
         self.device = torch.device(device) if device is not None else config.resolved_device()
         self.model = model
         self.decoder = model.decoding_copy(self.device, DECODE_DTYPE)
@@ -217,6 +229,11 @@ class GenerationPipeline:
             frames = round(cfg.duration_s * cfg.export.sample_rate)
             audio = finish(voices, self.settings.sample_rate, self.finish_settings, frames)
             metrics = measure_quality_batch(audio, cfg.export.sample_rate)
+            pictures = (
+                spectrogram_levels_batch(audio[:, 0], cfg.export.sample_rate, self.picture).cpu().numpy()
+                if self.picture is not None
+                else None
+            )
             host = audio.float().cpu().numpy()
         finished = datetime.now(UTC)
         share = {stage: seconds / len(seeds) for stage, seconds in clock.seconds.items()}
@@ -234,6 +251,7 @@ class GenerationPipeline:
                 started_at=started,
                 finished_at=finished,
                 timings_s=dict(share),
+                spectrogram_db=pictures[i] if pictures is not None else None,
             )
             for i, seed in enumerate(seeds)
         ]

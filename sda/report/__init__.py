@@ -17,6 +17,7 @@ import soundfile as sf
 
 from sda.files import write_atomic
 from sda.outputs import INDEX_FILE, MANIFEST_FILE
+from sda.parallel import parallel_map
 from sda.report.page import page_html
 from sda.report.rows import ReportRow, collect_rows, manifest_csv, relative_to
 from sda.report.spectrogram import spectrogram_path, write_spectrogram
@@ -27,18 +28,26 @@ __all__ = ["write_report"]
 
 
 def add_spectrograms(folder: Path, rows: list[ReportRow]) -> None:
-    """Draw the spectrogram of every done output that has none yet, and link each row to its own."""
+    """Draw the spectrogram of every done output that has none yet (in parallel: a run draws
+    its own as it writes, so these are the outputs of older runs), and link each row to its own."""
+    pictures = {
+        id(row): spectrogram_path(row.audio_path.parent, row.audio_path.stem, row.identity or row.audio_sha256)
+        for row in rows
+        if row.status == "done" and row.audio_path is not None
+    }
+    missing = [(row.audio_path, png) for row in rows if (png := pictures.get(id(row))) and not png.is_file()]
+    parallel_map(_draw, missing)
     for row in rows:
-        if row.status != "done" or row.audio_path is None:
-            continue
-        png = spectrogram_path(row.audio_path.parent, row.audio_path.stem, row.identity or row.audio_sha256)
-        if not png.is_file():
-            try:
-                write_spectrogram(row.audio_path, png)
-            except (RuntimeError, ValueError, OSError, sf.LibsndfileError) as error:
-                log.warning("no spectrogram for %s: %s", row.audio_path, error)
-        if png.is_file():
+        if (png := pictures.get(id(row))) and png.is_file():
             row.spectrogram = relative_to(png, folder)
+
+
+def _draw(paths: tuple[Path, Path]) -> None:
+    audio_path, png = paths
+    try:
+        write_spectrogram(audio_path, png)
+    except (RuntimeError, ValueError, OSError, sf.LibsndfileError) as error:
+        log.warning("no spectrogram for %s: %s", audio_path, error)
 
 
 def write_report(folder: Path, job_dirs: list[Path]) -> tuple[Path, Path]:
