@@ -135,6 +135,18 @@ def _set_ogg_serial(data: bytes, serial: int) -> bytes:
     return bytes(out)
 
 
+def pcm_decoded_peak(samples: np.ndarray, bit_depth: int) -> float:
+    """The sample peak a reader decodes from PCM written from `quantise`'s `samples`, without
+    decoding the file: libsndfile reads an integer sample as its value over 2^(bits - 1) and a
+    float sample as it is, both exact in float64."""
+    if samples.size == 0:
+        return 0.0
+    if bit_depth == 32:
+        return float(np.abs(samples).max())
+    largest = max(int(samples.max()), -int(samples.min()))  # int16's -32768 has no abs
+    return largest / 2.0 ** (31 if bit_depth == 24 else 15)  # 24-bit values are handed over shifted left by 8
+
+
 def _decoded_peak(data: bytes) -> tuple[float, int]:
     decoded, _ = sf.read(io.BytesIO(data), dtype="float64", always_2d=True)
     return float(np.abs(decoded).max()) if decoded.size else 0.0, decoded.shape[0]
@@ -186,10 +198,9 @@ def encode_audio(
         else:
             raise OutputError(f"could not keep the Vorbis peak under {ceiling_dbfs} dBFS in {OGG_ATTEMPTS} attempts")
     else:
-        data = _encode_once(
-            quantise(audio, bit_depth, ceiling_dbfs, dither_seed), sample_rate, format, subtype, tags, ogg_quality
-        )
-        peak, _ = _decoded_peak(data)
+        samples = quantise(audio, bit_depth, ceiling_dbfs, dither_seed)
+        data = _encode_once(samples, sample_rate, format, subtype, tags, ogg_quality)
+        peak = pcm_decoded_peak(samples, bit_depth)
     return EncodedAudio(
         data=data,
         format=format,

@@ -4,6 +4,7 @@ decodes, TPDF dither, rounding, and the same bytes for the same audio (Ogg seria
 from __future__ import annotations
 
 import io
+import math
 import re
 
 import numpy as np
@@ -58,6 +59,19 @@ def test_audio_at_or_above_full_scale_is_held_under_the_ceiling(format, bit_dept
     assert np.abs(decoded).max() <= CEILING
     assert encoded.peak_dbfs <= -1.0
     assert decoded.shape == (24000, 2)
+
+
+@pytest.mark.parametrize("format, bit_depth", [(f, d) for f, d, _, _ in FORMATS], ids=FORMAT_IDS)
+@pytest.mark.parametrize("level_db", [-1.0, -20.0, -95.0])
+def test_the_recorded_peak_is_exactly_what_a_reader_decodes(format, bit_depth, level_db):
+    """PCM's peak is computed from the integers handed to libsndfile, not by decoding the file:
+    it must be the decoded peak to the last bit (negative full-scale samples included)."""
+    noise = np.random.default_rng(7).standard_normal((2, 9000))
+    audio = (noise / np.abs(noise).max() * 10 ** (level_db / 20)).astype(np.float32)
+    audio[1, 100] = -np.abs(audio).max()  # the peak on a negative sample
+    encoded = encode_audio(audio, 48000, format, bit_depth, dither_seed=5)
+    decoded, _ = sf.read(io.BytesIO(encoded.data), dtype="float64")
+    assert encoded.peak_dbfs == 20 * math.log10(np.abs(decoded).max())
 
 
 # --------------------------------------------------------------------------------------------
