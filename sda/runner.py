@@ -363,9 +363,10 @@ def _run(
     check_output_folder(output_dir, estimate_output_bytes(config))
     device = config.resolved_device()  # a one-line ConfigError where the device does not exist
     model = get_model(config.model.checkpoint, device, base_dir)
-    # PCM files hold the rendered samples to within their last bit: their pictures are drawn from
-    # the batch on the device. A Vorbis file's picture is drawn from the file (lossy).
-    picture = None if config.export.format == "ogg" else SPECTROGRAM_PICTURE
+    # The report's pictures: on a GPU computed with the batch where its audio is (a PCM file holds
+    # the rendered samples to within its last bit, far below the picture's floor); on a CPU, and
+    # for Vorbis (lossy), drawn from the file by the writers, beside the rendering.
+    picture = SPECTROGRAM_PICTURE if device.type != "cpu" and config.export.format != "ogg" else None
     pipeline = GenerationPipeline(model, config, device, picture=picture)
     timings["load_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
