@@ -286,8 +286,8 @@ def print_end_to_end(run: dict[str, Any], pipeline_rate: float | None) -> None:
                 f"    {'writing (wall, any writer busy)':32s} {job['write_wall_s']:8.2f} s   "
                 f"{job['write_busy_s']:.2f} s busy on {job['write_workers']:g} thread(s)"
             )
-            held = job["write_waited_s"]
-            print(f"    {'overlapped':32s} {run['overlap_s']:8.2f} s   rendering held back {held:.2f} s")
+            held = job["write_held_s"]
+            print(f"    {'overlapped':32s} {run['overlap_s']:8.2f} s   rendering held back {held:.2f} s (queue full)")
             print(f"    {'writing after the last render':32s} {run['writing_alone_s']:8.2f} s")
     print(f"  {'other (lock, plan, exit)':34s} {run['wall_s'] - accounted:8.2f} s")
     print(f"  {'total, launch to exit':34s} {run['wall_s']:8.2f} s")

@@ -77,6 +77,13 @@ def quantise(audio: np.ndarray, bit_depth: int, ceiling_dbfs: float, dither_seed
     bits = 15 if bit_depth == 16 else 23
     full_scale = 2.0**bits
     limit = math.floor(ceiling * full_scale)
+    if bit_depth == 24 and audio.dtype == np.float32:
+        # Scaling a float32 by 2^23 is exact, and so is rounding it to an integer: the same
+        # integers as in float64, with half the memory traffic (600 s files).
+        scaled = audio.T * np.float32(full_scale)
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, -limit, limit, out=scaled)
+        return scaled.astype(np.int32) << 8
     scaled = audio.T.astype(np.float64) * full_scale
     if bit_depth == 16:
         rng = np.random.Generator(np.random.PCG64(dither_seed))

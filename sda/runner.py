@@ -355,7 +355,8 @@ def _run(
     """The job's work. Records where its time went in `outcome.timings_s`: `load_s` (model and
     pipeline), `scan_s` (verifying what the folder holds), `render_s` (the pipeline, with its
     stages' sums `decode_s`, `phase_s`, `dsp_s`), and the writers' `write_busy_s` (summed over
-    threads), `write_wall_s` (while any wrote) and `write_waited_s` (rendering held back)."""
+    threads), `write_wall_s` (while any wrote), `write_held_s` (rendering held back by a full
+    queue) and `write_drained_s` (waiting for the last writes)."""
     timings = outcome.timings_s
     clock = time.perf_counter()
     for stale in remove_stale_temporaries(output_dir):

@@ -52,12 +52,13 @@ class _Task(Generic[K]):
 @dataclass
 class WriteTimes:
     """Where a pool's time went, in seconds: `busy_s` summed over writers, `wall_s` the time at
-    least one writer was busy, `waited_s` the time the submitting thread waited for writers
-    (back-pressure and the final drain)."""
+    least one writer was busy, `held_s` the time the submitting thread waited for room
+    (back-pressure: rendering held back), `drained_s` the time it waited for the last writes."""
 
     busy_s: float = 0.0
     wall_s: float = 0.0
-    waited_s: float = 0.0
+    held_s: float = 0.0
+    drained_s: float = 0.0
     items: int = 0
     workers: int = 0
 
@@ -65,7 +66,8 @@ class WriteTimes:
         return {
             "write_busy_s": self.busy_s,
             "write_wall_s": self.wall_s,
-            "write_waited_s": self.waited_s,
+            "write_held_s": self.held_s,
+            "write_drained_s": self.drained_s,
             "write_workers": self.workers,
         }
 
@@ -105,7 +107,7 @@ class WritePool(Generic[K]):
                     return
                 wait(waiting, return_when=FIRST_COMPLETED)
         finally:
-            self.times.waited_s += time.perf_counter() - started
+            self.times.held_s += time.perf_counter() - started
 
     def submit(self, key: K, item: Any, nbytes: int) -> None:
         """Queue `item` for writing (does not wait: call `make_room` first). The pool keeps no
@@ -127,7 +129,7 @@ class WritePool(Generic[K]):
             try:
                 wait([self._tasks[0].future])
             finally:
-                self.times.waited_s += time.perf_counter() - started
+                self.times.drained_s += time.perf_counter() - started
 
     def abandon(self) -> list[Written[K]]:
         """Cancel the writes not started, wait for those started; every item that was written,

@@ -72,7 +72,7 @@ def test_a_stalled_disk_holds_the_submitter_back_within_the_byte_budget():
             pool.wait_for_next()
             pool.collect()
         assert sorted(disk.written) == [1, 2, 3]
-        assert pool.times.waited_s > 0.2  # the wait is counted as the rendering held back
+        assert pool.times.held_s > 0.2  # the wait is counted as the rendering held back
     finally:
         disk.release()
         pool.close()
