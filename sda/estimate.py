@@ -220,7 +220,8 @@ def plan_lines(parts: list[PlanPart], needed_bytes: int, device_of: Any) -> list
         sources.append(rate)
     rate = sources[0]
     measured = f"{rate.audio_s_per_s:.1f} audio s/s measured by {rate.source} on {rate.when[:10]} for {rate.kind}"
-    more = f" and {len(sources) - 1} more" if len(sources) > 1 else ""
+    others = len({other.kind for other in sources} - {rate.kind})
+    more = f" and {others} more" if others else ""
     lines.append(
         f"sda: estimate: about {duration_text(total_s)} on {rate.device} "
         f"({measured}{more}; {cache_path()}, delete it to forget)"
