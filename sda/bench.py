@@ -1,7 +1,9 @@
-"""`python -m sda.bench`: throughput and memory of the reference path against the batched path.
+"""`python -m sda.bench`: throughput and memory of the reference path against the batched path,
+and (`--end-to-end`) what a user waits for: the real `python -m sda.run` process.
 
     python -m sda.bench                                  # 16 seeds x 10 s, mono and dual_seed
     python -m sda.bench --seeds 1 --duration-s 600 --paths default --stereo mono   # one long file
+    python -m sda.bench --end-to-end --seeds 16 --stereo mono --repeats 3          # sda.run, timed
 
 reference: one seed at a time, one chunk at a time: each latent decoded alone, a least-squares
            inverse mel (torchaudio InverseMelScale) and 128 iterations of torchaudio's GriffinLim.
@@ -11,7 +13,15 @@ default:   the pipeline as configured: every chunk of every seed of a batch deco
 Both share every other stage (anti-alias, stereo, normalise, resample, metrics, export), so the
 difference is the batching and the phase reconstruction. Each path runs in its own spawned
 process, so its peak resident memory is its own; a short warm-up (caches, kernels) comes first
-and is not timed. Prints a table and writes JSON.
+and is not timed. The export of these pipeline-only figures is `save_result` item after item.
+Prints a table and writes JSON.
+
+--end-to-end: for each stereo mode, the pipeline-only figure of the default path (on
+`--pipeline-seeds` seeds), then `python -m sda.run count=N duration_s=D ...` run `--repeats`
+times into a temporary folder, each timed from its launch to its exit; the fastest is shown with
+where its wall time went (start-up, pre-flight, Hydra, rendering and writing and how much they
+overlapped, the summary and report), read from its summary.json and outcome.json. Its rate
+without the interpreter's start-up is recorded for pre-flight's estimates (sda.estimate).
 """
 
 from __future__ import annotations
@@ -19,8 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -41,8 +54,9 @@ from sda.dsp.chunking import (
     overlap_add_frames,
 )
 from sda.dsp.phase import reference_reconstruct
+from sda.estimate import cache_path, record_rate
 from sda.model import load_model
-from sda.outputs import save_result
+from sda.outputs import OUTCOME_FILE, SUMMARY_FILE, save_result
 from sda.pipeline import STAGES as PIPELINE_STAGES
 from sda.pipeline import GenerationPipeline, RenderedVoices, StageClock
 from sda.versions import versions
@@ -189,6 +203,172 @@ def measure_in_child(**kwargs: Any) -> dict[str, Any]:
     return result
 
 
+def _config(stereo: str, chunking: str, duration_s: float, device: str) -> GenerationConfig:
+    return GenerationConfig(
+        duration_s=duration_s,
+        device=device,
+        stereo=OPTIONS["stereo"][stereo](),
+        chunking=OPTIONS["chunking"][chunking](),
+    )
+
+
+def run_end_to_end(
+    stereo: str,
+    chunking: str,
+    seeds: int,
+    duration_s: float,
+    device: str,
+    batch_size: int,
+    timeout_s: float,
+    work_dir: Path | None,
+) -> dict[str, Any]:
+    """Run `python -m sda.run` once into a temporary folder; its wall time from launch to exit
+    and where it went (its summary.json and outcome.json)."""
+    with tempfile.TemporaryDirectory(prefix="sda-bench-", dir=work_dir) as tmp:
+        folder = Path(tmp) / "run"
+        command = [
+            sys.executable,
+            "-m",
+            "sda.run",
+            f"count={seeds}",
+            f"duration_s={duration_s:g}",
+            f"stereo={stereo}",
+            f"chunking={chunking}",
+            f"device={device}",
+            *([f"batch_size={batch_size}"] if batch_size else []),
+            f"hydra.run.dir={folder}",
+        ]
+        launched = time.time()
+        start = time.perf_counter()
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise SystemExit(f"sda bench: `{' '.join(command[1:])}` ended with status {proc.returncode}:\n{tail}")
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
+        outcome = json.loads((folder / OUTCOME_FILE).read_text())
+    timings = summary["timings_s"]
+    job = outcome["timings_s"]
+    startup = timings["main_started_unix"] - launched
+    audio_s = seeds * duration_s
+    work = outcome["elapsed_s"] - job["load_s"] - job["scan_s"]  # rendering and writing, to the last write
+    return {
+        "command": " ".join(command[1:-1]),
+        "stereo": stereo,
+        "chunking": chunking,
+        "seeds": seeds,
+        "duration_s": duration_s,
+        "device": device,
+        "wall_s": wall,
+        "startup_s": startup,
+        "audio_s_per_wall_s": audio_s / wall,
+        "audio_s_per_wall_s_without_startup": audio_s / (wall - startup),
+        "phases_s": {
+            "start-up (interpreter, imports)": startup,
+            "pre-flight": timings["preflight_s"],
+            "Hydra and the job's set-up": timings["hydra_s"] - outcome["elapsed_s"],
+            "model load": job["load_s"],
+            "checking the folder": job["scan_s"],
+            "rendering and writing": work,
+            "summary": timings["summary_s"],
+            "report (verification, pictures)": timings["report_s"],
+        },
+        "job_s": job,
+        "overlap_s": max(0.0, job["render_s"] + job["write_wall_s"] - work),
+        "writing_alone_s": max(0.0, work - job["render_s"]),
+    }
+
+
+def print_end_to_end(run: dict[str, Any], pipeline_rate: float | None) -> None:
+    phases = run["phases_s"]
+    job = run["job_s"]
+    accounted = sum(phases.values())
+    print(f"end to end: python {run['command']}  ({run['seeds'] * run['duration_s']:g} audio s)")
+    for name, seconds in phases.items():
+        print(f"  {name:34s} {seconds:8.2f} s")
+        if name == "rendering and writing":
+            stages = ", ".join(f"{k.removesuffix('_s')} {job[k]:.2f}" for k in ("decode_s", "phase_s", "dsp_s"))
+            print(f"    {'rendering (device)':32s} {job['render_s']:8.2f} s   {stages}")
+            print(
+                f"    {'writing (wall, any writer busy)':32s} {job['write_wall_s']:8.2f} s   "
+                f"{job['write_busy_s']:.2f} s busy on {job['write_workers']:g} thread(s)"
+            )
+            held = job["write_held_s"]
+            print(f"    {'overlapped':32s} {run['overlap_s']:8.2f} s   rendering held back {held:.2f} s (queue full)")
+            print(f"    {'writing after the last render':32s} {run['writing_alone_s']:8.2f} s")
+    print(f"  {'other (lock, plan, exit)':34s} {run['wall_s'] - accounted:8.2f} s")
+    print(f"  {'total, launch to exit':34s} {run['wall_s']:8.2f} s")
+    rate = run["audio_s_per_wall_s_without_startup"]
+    line = f"  audio s/s: {rate:.1f} end to end without start-up, {run['audio_s_per_wall_s']:.1f} with it"
+    if pipeline_rate:
+        line += f"; pipeline only {pipeline_rate:.1f} (end to end is {100 * rate / pipeline_rate:.0f} % of it)"
+    print(line, flush=True)
+
+
+def end_to_end_main(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    reports = []
+    print(
+        f"sda bench --end-to-end: {args.seeds} x {args.duration_s:g} s, {args.chunking}, device {device}, "
+        f"torch {torch.__version__}, {args.repeats} run(s) of each in turns, the fastest of each shown",
+        flush=True,
+    )
+    for stereo in args.stereo.split(","):
+        # Taken in turns, so that a machine's changing load weighs on both figures alike.
+        pipeline, runs = None, []
+        for _ in range(args.repeats):
+            if args.pipeline_seeds:
+                measured = measure_in_child(
+                    path="default",
+                    stereo=stereo,
+                    chunking=args.chunking,
+                    seeds=args.pipeline_seeds,
+                    duration_s=args.duration_s,
+                    device=device,
+                    batch_size=args.batch_size,
+                    threads=args.threads,
+                )
+                print(
+                    f"  pipeline only, {stereo}: {measured['audio_s_per_wall_s']:.1f} audio s/s "
+                    f"({args.pipeline_seeds} seeds, {measured['wall_s']:.1f} s)",
+                    flush=True,
+                )
+                if pipeline is None or measured["wall_s"] < pipeline["wall_s"]:
+                    pipeline = measured
+            runs.append(
+                run_end_to_end(
+                    stereo,
+                    args.chunking,
+                    args.seeds,
+                    args.duration_s,
+                    device,
+                    args.batch_size,
+                    args.timeout_s,
+                    args.work_dir,
+                )
+            )
+            run = runs[-1]
+            print(
+                f"  end to end, {stereo}: {run['audio_s_per_wall_s_without_startup']:.1f} audio s/s without "
+                f"start-up ({run['wall_s']:.1f} s launch to exit)",
+                flush=True,
+            )
+        best = min(runs, key=lambda run: run["wall_s"] - run["startup_s"])
+        print_end_to_end(best, pipeline["audio_s_per_wall_s"] if pipeline else None)
+        config = _config(stereo, args.chunking, args.duration_s, device)
+        rate = record_rate(
+            torch.device(device),
+            config,
+            args.seeds * args.duration_s,
+            best["wall_s"] - best["startup_s"],
+            "sda.bench --end-to-end",
+        )
+        print(f"  recorded for pre-flight's estimates: {rate.device}, {rate.kind} in {cache_path()}", flush=True)
+        reports.append({**best, "all_wall_s": [run["wall_s"] for run in runs], "pipeline_only": pipeline})
+    return reports
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Throughput and memory: reference path against the batched path.")
     parser.add_argument("--seeds", type=int, default=16, help="outputs per path (default 16)")
@@ -202,12 +382,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paths", default="reference,default", help="comma-separated: reference, default")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--output", type=Path, default=Path("bench/bench.json"))
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="time the real `python -m sda.run` process (see the module docstring)"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="--end-to-end: runs of each; the fastest is shown")
+    parser.add_argument(
+        "--pipeline-seeds",
+        type=int,
+        default=None,
+        help="--end-to-end: seeds of the pipeline-only figure beside it (default --seeds; 0: none)",
+    )
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="--end-to-end: limit of each run")
+    parser.add_argument("--work-dir", type=Path, default=None, help="--end-to-end: where runs write (temporary)")
     args = parser.parse_args(argv)
     device = (
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()
         else ("cpu" if args.device == "auto" else args.device)
     )
+    if args.end_to_end:
+        if args.pipeline_seeds is None:
+            args.pipeline_seeds = args.seeds
+        report = {"end_to_end": end_to_end_main(args, device), **versions()}
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
+        print(f"written to {args.output}")
+        return
 
     runs = []
     print(

@@ -84,6 +84,13 @@ def quantise(audio: np.ndarray, bit_depth: int, ceiling_dbfs: float, dither_seed
     bits = 15 if bit_depth == 16 else 23
     full_scale = 2.0**bits
     limit = math.floor(ceiling * full_scale)
+    if bit_depth == 24 and audio.dtype == np.float32:
+        # Scaling a float32 by 2^23 is exact, and so is rounding it to an integer: the same
+        # integers as in float64, with half the memory traffic (600 s files).
+        scaled = audio.T * np.float32(full_scale)
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, -limit, limit, out=scaled)
+        return scaled.astype(np.int32) << 8
     scaled = audio.T.astype(np.float64) * full_scale
     if bit_depth == 16:
         rng = np.random.Generator(np.random.PCG64(dither_seed))
@@ -142,6 +149,18 @@ def _set_ogg_serial(data: bytes, serial: int) -> bytes:
     return bytes(out)
 
 
+def pcm_decoded_peak(samples: np.ndarray, bit_depth: int) -> float:
+    """The sample peak a reader decodes from PCM written from `quantise`'s `samples`, without
+    decoding the file: libsndfile reads an integer sample as its value over 2^(bits - 1) and a
+    float sample as it is, both exact in float64."""
+    if samples.size == 0:
+        return 0.0
+    if bit_depth == 32:
+        return float(np.abs(samples).max())
+    largest = max(int(samples.max()), -int(samples.min()))  # int16's -32768 has no abs
+    return largest / 2.0 ** (31 if bit_depth == 24 else 15)  # 24-bit values are handed over shifted left by 8
+
+
 def _decoded_peak(data: bytes) -> tuple[float, int]:
     decoded, _ = sf.read(io.BytesIO(data), dtype="float64", always_2d=True)
     return float(np.abs(decoded).max()) if decoded.size else 0.0, decoded.shape[0]
@@ -191,14 +210,14 @@ def encode_audio(
         if format == "ogg":
             samples = quantise(source * gain, 32, ceiling_dbfs, 0)
             data = _set_ogg_serial(_encode_once(samples, sample_rate, format, subtype, tags, ogg_quality), dither_seed)
+            peak, decoded_frames = _decoded_peak(data)
+            if decoded_frames != frames:
+                raise OutputError(f"{format} encoding gave {decoded_frames} frames for {frames}")
         else:
             scaled = source if gain == 1.0 else source * gain
-            data = _encode_once(
-                quantise(scaled, bit_depth, ceiling_dbfs, dither_seed), sample_rate, format, subtype, tags, ogg_quality
-            )
-        peak, decoded_frames = _decoded_peak(data)
-        if decoded_frames != frames:
-            raise OutputError(f"{format} encoding gave {decoded_frames} frames for {frames}")
+            samples = quantise(scaled, bit_depth, ceiling_dbfs, dither_seed)
+            data = _encode_once(samples, sample_rate, format, subtype, tags, ogg_quality)
+            peak = pcm_decoded_peak(samples, bit_depth)  # what a reader decodes, without decoding
         over = peak / ceiling if format == "ogg" and peak > ceiling else 1.0
         if true_ceiling is not None:
             measured_true_peak = _decoded_true_peak(data)

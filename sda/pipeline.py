@@ -54,9 +54,10 @@ from sda.dsp.chunking import (
     oneshot_layout,
     overlap_add_frames,
 )
-from sda.dsp.finish import FinishSettings, ItemLevel, OneshotEnd, finish
+from sda.dsp.finish import Finished, FinishSettings, ItemLevel, OneshotEnd, finish
 from sda.dsp.loudness import Levels, amplitude_dbtp, true_peak
 from sda.dsp.phase import griffin_lim, inverse_mel
+from sda.dsp.picture import PictureSettings, spectrogram_levels_batch
 from sda.dsp.quality import QualityMetrics, measure_quality
 from sda.dsp.spectrogram import decompress
 from sda.errors import CheckpointError, ConfigError
@@ -107,6 +108,8 @@ class GenerationResult:
     level: ItemLevel | None = None
     memorisation: MemorisationCheck | None = None  # None: not checked (a result made outside the pipeline)
     source_files: tuple[dict[str, str], ...] = ()  # each file the source read: path (as given) and sha256
+    # `[height, width]` levels of the report's picture, when the pipeline was asked for them
+    spectrogram_db: np.ndarray | None = None
 
     @property
     def channels(self) -> int:
@@ -190,8 +193,17 @@ class GenerationPipeline:
     >>> result = pipeline.generate([7])[0]
     """
 
-    def __init__(self, model: LoadedModel, config: GenerationConfig, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: GenerationConfig,
+        device: str | torch.device | None = None,
+        picture: PictureSettings | None = None,
+    ) -> None:
+        """`picture`: also compute each item's spectrogram-picture levels (sda.dsp.picture) with
+        the batch, where its audio is (`GenerationResult.spectrogram_db`)."""
         self.config = config
+        self.picture = picture
         self.device = torch.device(device) if device is not None else config.resolved_device()
         self.model = model
         self.decoder = model.decoding_copy(self.device, DECODE_DTYPE)
@@ -283,6 +295,7 @@ class GenerationPipeline:
                 )
                 for i in range(len(seeds))
             ]
+            pictures = self.pictures(finished, cfg.export.sample_rate)
             host = finished.audio.float().cpu().numpy()
         with clock.stage("memorisation"):
             checks = [
@@ -315,9 +328,17 @@ class GenerationPipeline:
                 level=levels[i],
                 memorisation=checks[i],
                 source_files=source_files,
+                spectrogram_db=pictures[i] if pictures is not None else None,
             )
             for i, seed in enumerate(seeds)
         ]
+
+    def pictures(self, finished: Finished, sample_rate: int) -> list[np.ndarray] | None:
+        """Each item's report-spectrogram levels `[height, width]` (first channel), computed where
+        the audio is; None unless the pipeline was asked for them (never for one-shots)."""
+        if self.picture is None or self.finish_settings.oneshot is not None:  # a one-shot's is its waveform
+            return None
+        return list(spectrogram_levels_batch(finished.audio[:, 0], sample_rate, self.picture).cpu().numpy())
 
     def output_frames(self) -> int:
         """Frames of every output at the export rate: round(duration_s * rate); for one-shots the

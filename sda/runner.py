@@ -14,9 +14,14 @@
 - One failing item (an exception, non-finite or silent audio) is recorded with its reason and
   never written as a finished file; the others go on. A job never raises and never exits:
   its outcome is returned and written to `outcome.json`.
-- SIGINT or SIGTERM (see sda.interruption) abandons the item being rendered, but an output
-  being written is finished first; the outcome records the signal and what was done, and is
-  returned as any other (`JobOutcome.interrupted`).
+- Writing overlaps rendering: finished items are encoded, hashed and written (sidecar first, as
+  always) by a bounded pool of writer threads (sda.write_pool) while the next batch renders; a
+  slow disk holds the rendering back rather than filling memory. Outputs are recorded as done in
+  the order they were rendered, once written.
+- SIGINT or SIGTERM (see sda.interruption) abandons the item being rendered and the writes not yet
+  started, but the writes already started are finished first; the outcome records the signal and
+  what was done, and is returned as any other (`JobOutcome.interrupted`). A write that fails
+  (disk full) ends the job the same way: what was written is recorded, then the error.
 - With `quality.reject_copies=true`, an output the memorisation check finds to be a near copy of
   training audio is written and recorded as "rejected" with the reason, not "done"
   (sda.memorisation says why it is written); an output already present is judged again from
@@ -45,7 +50,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from sda.config import GenerationConfig
+from sda.config import GenerationConfig, OneshotChunking
 from sda.errors import CheckpointError, OutputError, SdaError
 from sda.files import write_atomic
 from sda.interruption import Interrupted, deferred
@@ -57,6 +62,7 @@ from sda.outputs import (
     BROKEN_DIR,
     OUTCOME_FILE,
     SIDECAR_GLOB,
+    SavedOutput,
     Verification,
     claimed_identities,
     output_identity,
@@ -64,7 +70,11 @@ from sda.outputs import (
     save_result,
     verify_output,
 )
-from sda.pipeline import GenerationPipeline, GenerationResult
+from sda.parallel import host_cpus, parallel_map
+from sda.pipeline import STAGES, GenerationPipeline, GenerationResult
+from sda.report.spectrogram import SPECTROGRAM_PICTURE, write_output_picture
+from sda.report.waveform import waveform_path, write_waveform
+from sda.write_pool import WritePool, Written
 
 log = logging.getLogger("sda.run")
 
@@ -100,6 +110,7 @@ class JobOutcome:
     config: dict[str, Any] | None = None  # the job's generation settings (what failed items were)
     planned: int = 0  # how many outputs the job was asked for
     interrupted: str | None = None  # "SIGINT" or "SIGTERM" when a signal stopped the job
+    timings_s: dict[str, float] = field(default_factory=dict)  # where the job's time went (see _run)
 
     def count(self, status: str) -> int:
         return sum(1 for item in self.items if item.status == status)
@@ -160,8 +171,8 @@ def scan_outputs(folder: Path) -> FolderOutputs:
     interrupted write, see the module docstring); other outputs that fail verification are
     logged and left where they are, listed under each identity they claim."""
     found = FolderOutputs({}, {})
-    for sidecar in sorted(folder.glob(SIDECAR_GLOB)):
-        check = verify_output(sidecar)
+    for check in parallel_map(verify_output, sorted(folder.glob(SIDECAR_GLOB))):
+        sidecar = check.sidecar_path
         if check.ok and check.record is not None:
             found.verified[check.record["identity"]] = check
         elif check.reason == AUDIO_MISSING:
@@ -178,8 +189,7 @@ def outputs_made_by(folder: Path, run_token: str) -> list[Verification]:
     """The outputs in `folder` that verify and were made by the launch of sda.run whose token
     is `run_token`. Reads and deletes nothing."""
     made = []
-    for sidecar in sorted(Path(folder).glob(SIDECAR_GLOB)):
-        check = verify_output(sidecar)
+    for check in parallel_map(verify_output, sorted(Path(folder).glob(SIDECAR_GLOB))):
         if check.ok and check.record is not None and check.record.get(RUN_TOKEN_KEY) == run_token:
             made.append(check)
     return made
@@ -337,6 +347,13 @@ def write_outcome(outcome: JobOutcome) -> None:
     log.info("%s: %s", output_dir, outcome.summary())
 
 
+def write_workers(device: torch.device) -> int:
+    """Writer threads for a job on `device`. With a GPU rendering, the host's cores are free but
+    for the thread that drives it. On a CPU the render already uses every core: one writer
+    overlaps the writing with it and takes little from it."""
+    return max(1, host_cpus() - 1) if device.type != "cpu" else 1
+
+
 def _run(
     config: GenerationConfig,
     output_dir: Path,
@@ -345,13 +362,28 @@ def _run(
     extra_sidecar: dict[str, Any] | None,
     show_progress: bool | None,
 ) -> None:
+    """The job's work. Records where its time went in `outcome.timings_s`: `load_s` (model and
+    pipeline), `scan_s` (verifying what the folder holds), `render_s` (the pipeline, with its
+    stages' sums `decode_s`, `phase_s`, `dsp_s`), and the writers' `write_busy_s` (summed over
+    threads), `write_wall_s` (while any wrote), `write_held_s` (rendering held back by a full
+    queue) and `write_drained_s` (waiting for the last writes)."""
+    timings = outcome.timings_s
+    clock = time.perf_counter()
     for stale in remove_stale_temporaries(output_dir):
         log.info("removed stale temporary file %s", stale.name)
     check_output_folder(output_dir, estimate_output_bytes(config))
     device = config.resolved_device()  # a one-line ConfigError where the device does not exist
     model = get_model(config.model.checkpoint, device, base_dir)
-    pipeline = GenerationPipeline(model, config, device)
+    # The report's pictures are computed with the batch where its audio is (a PCM file holds the
+    # rendered samples to within its last bit, far below the picture's floor): on a CPU too, where
+    # torch's FFT in the render's threads costs half the writers' numpy drawing from the file.
+    # A Vorbis file (lossy) is drawn from the file by the writers.
+    picture = None if config.export.format == "ogg" else SPECTROGRAM_PICTURE
+    pipeline = GenerationPipeline(model, config, device, picture=picture)
+    timings["load_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     found = scan_outputs(output_dir)
+    timings["scan_s"] = time.perf_counter() - clock
     existing = found.verified
     identities = {seed: output_identity(config, seed, model.sha256) for seed in config.seeds}
 
@@ -361,87 +393,167 @@ def _run(
             outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]], config))
 
     show = sys.stderr.isatty() if show_progress is None else show_progress
-    with tqdm(
-        total=len(identities), desc=output_dir.name, unit="file", disable=not show, dynamic_ncols=True
-    ) as progress:
-        progress.update(len(identities) - len(missing))
-        # On a terminal, log lines are written above the bar instead of breaking it.
-        with logging_redirect_tqdm() if show else contextlib.nullcontext():
-            for batch in _plan_batches(missing, pipeline.batch_size):
-                _write_batch(batch, pipeline, identities, output_dir, outcome, extra_sidecar, found.broken)
-                progress.update(len(batch))
+    pool: WritePool[int] = WritePool(
+        functools.partial(_write_output, output_dir=output_dir, extra_sidecar=extra_sidecar),
+        write_workers(device),
+    )
+    job = _Job(pipeline, identities, output_dir, outcome, found.broken, pool)
+    try:
+        with tqdm(
+            total=len(identities), desc=output_dir.name, unit="file", disable=not show, dynamic_ncols=True
+        ) as progress:
+            job.progress = progress
+            progress.update(len(identities) - len(missing))
+            # On a terminal, log lines are written above the bar instead of breaking it.
+            with logging_redirect_tqdm() if show else contextlib.nullcontext():
+                try:
+                    for batch in _plan_batches(missing, pipeline.batch_size):
+                        job.render_batch(batch)
+                    job.drain()
+                except BaseException:
+                    # Interrupted, or a failed write: writes started are finished, those not
+                    # started are dropped, and what was written is recorded before the ending is.
+                    # A signal meanwhile is held (the run's ending reads it).
+                    with deferred(raise_at_end=False):
+                        job.record(pool.abandon(), raise_errors=False)
+                    raise
+    finally:
+        pool.close()
+        timings.update({"render_s": job.render_s, **{f"{k}_s": v for k, v in job.stages_s.items()}})
+        timings.update(pool.times.to_dict())
+        order = {seed: i for i, seed in enumerate(config.seeds)}
+        outcome.items.sort(key=lambda item: (item.status != "skipped", order.get(item.seed, len(order))))
 
 
-def _write_batch(
-    batch: list[int],
-    pipeline: GenerationPipeline,
-    identities: dict[int, str],
-    output_dir: Path,
-    outcome: JobOutcome,
-    extra_sidecar: dict[str, Any] | None,
-    broken: dict[str, list[Verification]],
-) -> None:
-    """Generate a batch of missing seeds and write the items that pass."""
-    for result in _generate_isolated(pipeline, batch, identities, outcome):
-        reason = _failure_reason(result)
-        if reason:
-            outcome.items.append(ItemOutcome(result.seed, identities[result.seed], "failed", reason))
-            log.error("seed %d failed: %s", result.seed, reason)
-            continue
-        # A signal now lets the output be written (and recorded) whole: see sda.interruption.
-        with deferred():
-            _write_item(result, identities[result.seed], output_dir, outcome, extra_sidecar, broken)
+class _Job:
+    """One job's rendering and recording: batches in, outputs handed to the write pool, what the
+    pool wrote recorded in the outcome (in the main thread, under `deferred()`)."""
+
+    def __init__(
+        self,
+        pipeline: GenerationPipeline,
+        identities: dict[int, str],
+        output_dir: Path,
+        outcome: JobOutcome,
+        broken: dict[str, list[Verification]],
+        pool: WritePool[int],
+    ) -> None:
+        self.pipeline = pipeline
+        self.identities = identities
+        self.output_dir = output_dir
+        self.outcome = outcome
+        self.broken = broken
+        self.pool = pool
+        self.progress: Any = None
+        self.render_s = 0.0
+        self.stages_s = dict.fromkeys(STAGES, 0.0)
+        # seed -> why the memorisation check rejects its output (quality.reject_copies)
+        self.rejections: dict[int, str] = {}
+
+    def render_batch(self, batch: list[int]) -> None:
+        """Generate a batch of missing seeds and hand the items that pass to the writers."""
+        started = time.perf_counter()
+        results = _generate_isolated(self.pipeline, batch, self.identities, self.outcome)
+        self.render_s += time.perf_counter() - started
+        for result in results:
+            for stage, seconds in result.timings_s.items():
+                self.stages_s[stage] = self.stages_s.get(stage, 0.0) + seconds
+            identity = self.identities[result.seed]
+            reason = _failure_reason(result)
+            if reason:
+                self.outcome.items.append(ItemOutcome(result.seed, identity, "failed", reason))
+                log.error("seed %d failed: %s", result.seed, reason)
+                self.progress.update(1)
+                continue
+            with deferred():  # a broken pair is moved whole
+                if not self._set_aside_broken(result.seed, identity):
+                    self.progress.update(1)
+                    continue
+            check = result.memorisation
+            if check is not None and check.rejected:
+                self.rejections[result.seed] = check.verdict
+            self.pool.make_room(result.audio.nbytes)  # back-pressure: interruptible
+            with deferred():  # handed over and recorded whole (see sda.write_pool)
+                self.pool.submit(result.seed, result, result.audio.nbytes)
+                self.record(self.pool.collect())
+        del results
+
+    def drain(self) -> None:
+        """Wait for every write (interruptible) and record it."""
+        while self.pool.pending:
+            self.pool.wait_for_next()
+            with deferred():
+                self.record(self.pool.collect())
+
+    def record(self, written: list[Written[int]], raise_errors: bool = True) -> None:
+        """Record written outputs as done; then raise the first write error (the job's end),
+        unless `raise_errors` is False (the job is ending already)."""
+        first_error = None
+        for item in written:
+            self.progress.update(1)
+            if item.error is not None:
+                first_error = first_error or item.error
+                continue
+            saved: SavedOutput = item.value
+            quality = saved.record["quality"]
+            rejection = self.rejections.pop(item.key, None)
+            self.outcome.items.append(
+                ItemOutcome(
+                    item.key,
+                    saved.identity,
+                    "done" if rejection is None else "rejected",
+                    rejection or "",
+                    saved.audio_path.name,
+                    saved.sidecar_path.name,
+                    quality["rating"],
+                    quality["peak_dbfs"],
+                    quality["loudness_lufs"],
+                )
+            )
+            log.info(
+                "wrote %s (%s: %s)%s",
+                saved.audio_path.name,
+                quality["rating"],
+                quality["rating_reason"],
+                "" if rejection is None else ", recorded as rejected (quality.reject_copies)",
+            )
+        if first_error is not None and raise_errors:
+            raise first_error
+
+    def _set_aside_broken(self, seed: int, identity: str) -> bool:
+        """Move broken outputs that claim `identity` into broken/; False (the item recorded as
+        failed) when one cannot be moved: never two audio files for one identity."""
+        for check in self.broken.pop(identity, []):
+            if not check.sidecar_path.exists():  # moved already: it claimed another identity too
+                continue
+            try:
+                where = set_aside_broken(check, self.output_dir)
+            except OutputError as error:
+                self.outcome.items.append(ItemOutcome(seed, identity, "failed", str(error)))
+                log.error("seed %d failed: %s", seed, error)
+                return False
+            log.warning(
+                "moved broken output %s (%s) into %s before making identity %s again",
+                check.sidecar_path.name,
+                check.reason,
+                where.relative_to(self.output_dir),
+                identity,
+            )
+        return True
 
 
-def _write_item(
-    result: GenerationResult,
-    identity: str,
-    output_dir: Path,
-    outcome: JobOutcome,
-    extra_sidecar: dict[str, Any] | None,
-    broken: dict[str, list[Verification]],
-) -> None:
-    """Write one output that passed its checks, after moving aside broken outputs that claim
-    its identity, and record it as done."""
-    for check in broken.pop(identity, []):
-        if not check.sidecar_path.exists():  # moved already: it claimed another identity too
-            continue
-        try:
-            where = set_aside_broken(check, output_dir)
-        except OutputError as error:  # never two audio files for one identity: this item waits
-            outcome.items.append(ItemOutcome(result.seed, identity, "failed", str(error)))
-            log.error("seed %d failed: %s", result.seed, error)
-            return
-        log.warning(
-            "moved broken output %s (%s) into %s before making identity %s again",
-            check.sidecar_path.name,
-            check.reason,
-            where.relative_to(output_dir),
-            identity,
-        )
+def _write_output(result: GenerationResult, output_dir: Path, extra_sidecar: dict[str, Any] | None) -> SavedOutput:
+    """On a writer thread: the output (sidecar first, see sda.outputs), then its picture for the
+    report. A picture that cannot be drawn is left to the report."""
     saved = save_result(result, output_dir, extra_sidecar)
-    metrics = result.metrics
-    rejected = result.memorisation is not None and result.memorisation.rejected
-    outcome.items.append(
-        ItemOutcome(
-            result.seed,
-            saved.identity,
-            "rejected" if rejected else "done",
-            result.memorisation.verdict if rejected and result.memorisation is not None else "",
-            saved.audio_path.name,
-            saved.sidecar_path.name,
-            metrics.rating,
-            metrics.peak_dbfs,
-            metrics.loudness_lufs,
-        )
-    )
-    log.info(
-        "wrote %s (%s: %s)%s",
-        saved.audio_path.name,
-        metrics.rating,
-        metrics.rating_reason,
-        ", recorded as rejected (quality.reject_copies)" if rejected else "",
-    )
+    try:
+        if isinstance(result.config.chunking, OneshotChunking):  # a hit is seen by its shape
+            write_waveform(saved.audio_path, waveform_path(output_dir, saved.audio_path.stem, saved.identity))
+        else:
+            write_output_picture(saved.audio_path, saved.identity, result.spectrogram_db)
+    except (OSError, ValueError, RuntimeError, SdaError) as error:
+        log.warning("no spectrogram for %s yet (the report draws it): %s", saved.audio_path.name, error)
+    return saved
 
 
 def _skipped_item(seed: int, identity: str, check: Verification, config: GenerationConfig) -> ItemOutcome:

@@ -247,14 +247,18 @@ def finish_run(
     expected_items: int | None = None,
     interrupted: str | None = None,
     launcher_error: str | None = None,
+    timings_s: dict[str, float] | None = None,
 ) -> int:
     """Write summary.json, the report, and summary.json again with the report's fate (a process
     killed while drawing the report leaves a summary that says it was being written); log the
-    final line; return the exit status (see the module docstring)."""
+    final line; return the exit status (see the module docstring). `timings_s`: where the run's
+    time went before this (sda.run's), recorded with `summary_s` and `report_s` added."""
+    started = time.perf_counter()
     if interrupted or launcher_error:  # jobs in other processes may still be recording their outcomes
         wait_for_jobs(folder, multirun, JOB_GRACE_S)
     summary = summarize(folder, multirun, run_token, expected_jobs, expected_items, interrupted, launcher_error)
     summary_error = _write_summary(folder, summary)
+    summary_s = time.perf_counter() - started
     report_error = None
     try:
         write_report(folder, job_folders(folder, multirun))
@@ -263,6 +267,11 @@ def finish_run(
         log.error("could not write the report (manifest.csv, index.html) in %s: %s", folder, error)
         _remove_stale(folder, (MANIFEST_FILE, INDEX_FILE))
     summary["report"] = f"not written: {report_error}" if report_error else "written"
+    summary["timings_s"] = {
+        **(timings_s or {}),
+        "summary_s": summary_s,
+        "report_s": time.perf_counter() - started - summary_s,
+    }
     if summary_error is None:
         summary_error = _write_summary(folder, summary)
     if summary_error is not None:

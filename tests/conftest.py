@@ -1,13 +1,28 @@
-"""Shared fixtures: one torch thread for modules that render, and a tiny synthesised dataset."""
+"""Shared fixtures: one torch thread for modules that render, a tiny synthesised dataset, and a
+cache folder of the session's own (runs record their throughput there, never in the user's)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from sda.estimate import CACHE_ENV
 from tests.helpers import make_tiny_dataset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_folder(tmp_path_factory):
+    """SDA_CACHE_DIR for this process and every command the tests start."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,14 @@ decodes, TPDF dither, rounding, and the same bytes for the same audio (Ogg seria
 from __future__ import annotations
 
 import io
+import math
 import re
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from sda.encode import encode_audio
+from sda.encode import encode_audio, quantise
 from tests.helpers import CEILING, FORMATS
 
 FORMAT_IDS = [f"{f}{d}" for f, d, _, _ in FORMATS]
@@ -58,6 +59,19 @@ def test_audio_at_or_above_full_scale_is_held_under_the_ceiling(format, bit_dept
     assert np.abs(decoded).max() <= CEILING
     assert encoded.peak_dbfs <= -1.0
     assert decoded.shape == (24000, 2)
+
+
+@pytest.mark.parametrize("format, bit_depth", [(f, d) for f, d, _, _ in FORMATS], ids=FORMAT_IDS)
+@pytest.mark.parametrize("level_db", [-1.0, -20.0, -95.0])
+def test_the_recorded_peak_is_exactly_what_a_reader_decodes(format, bit_depth, level_db):
+    """PCM's peak is computed from the integers handed to libsndfile, not by decoding the file:
+    it must be the decoded peak to the last bit (negative full-scale samples included)."""
+    noise = np.random.default_rng(7).standard_normal((2, 9000))
+    audio = (noise / np.abs(noise).max() * 10 ** (level_db / 20)).astype(np.float32)
+    audio[1, 100] = -np.abs(audio).max()  # the peak on a negative sample
+    encoded = encode_audio(audio, 48000, format, bit_depth, dither_seed=5)
+    decoded, _ = sf.read(io.BytesIO(encoded.data), dtype="float64")
+    assert encoded.peak_dbfs == 20 * math.log10(np.abs(decoded).max())
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,3 +140,14 @@ def test_long_stereo_ogg_encodes_and_decodes_to_every_frame():
     decoded, rate = sf.read(io.BytesIO(encoded.data), always_2d=True)
     assert rate == 48000 and decoded.shape == (48000 * 90, 2)
     assert np.abs(decoded).max() <= CEILING
+
+
+def test_24_bit_integers_of_float32_audio_are_those_of_its_float64_values():
+    """float32 audio is quantised to 24 bits in float32 (exact: a power-of-two scale, then
+    rounding to an integer); the integers must be those the float64 path gives."""
+    g = np.random.default_rng(3)
+    lsb = 2.0**-23
+    halves = (np.arange(-2000, 2000) + 0.5) * lsb  # exactly half-way between two steps
+    audio = np.concatenate([g.uniform(-1.2, 1.2, 50_000), halves, [0.0, -0.0, 1.0, -1.0, 1e-30, lsb / 3]])
+    audio = np.stack([audio, audio[::-1]]).astype(np.float32)
+    assert np.array_equal(quantise(audio, 24, -1.0, 0), quantise(audio.astype(np.float64), 24, -1.0, 0))

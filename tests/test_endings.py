@@ -149,6 +149,72 @@ def test_a_signal_ends_the_run_with_one_line_and_files_that_say_interrupted_then
     assert json.loads((job / "summary.json").read_text())["interrupted"] is None
 
 
+def write_in_flight(job: Path) -> bool:
+    """An output being written: its temporary file, or its sidecar without its audio yet."""
+    try:
+        names = os.listdir(job)
+    except FileNotFoundError:
+        return False
+    if any(name.startswith(".gen_") and name.endswith(".tmp") for name in names):
+        return True
+    sidecars = {name.removesuffix(".json") for name in names if name.startswith("gen_") and name.endswith(".json")}
+    return bool(sidecars - {name.removesuffix(".wav") for name in names if name.endswith(".wav")})
+
+
+def stop_while_writing(job: Path, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Freeze the run (SIGSTOP) at a moment when an output is being written, as seen on disk."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        if write_in_flight(job):
+            proc.send_signal(signal.SIGSTOP)
+            if write_in_flight(job):
+                return
+            proc.send_signal(signal.SIGCONT)
+    raise AssertionError("no write was caught in flight before the run ended")
+
+
+@pytest.mark.slow
+def test_a_kill_while_writes_are_in_flight_leaves_nothing_that_passes_for_done_and_resume_completes(
+    tmp_path, reference
+):
+    job = tmp_path / "run"
+    proc = start_sda_run(*SHORT_RUN, f"hydra.run.dir={job}", cwd=tmp_path)
+    stop_while_writing(job, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+
+    assert write_in_flight(job)  # what the kill left: a temporary file or a sidecar without audio
+    made = [s for s in job.glob("gen_*.json") if verify_output(s).ok]
+    assert len(made) < 10
+    again = sda_run(f"resume={job}", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"sda: {10 - len(made)} done / {len(made)} skipped / 0 failed" in summary_line(again.stdout + again.stderr)
+    assert outputs_by_identity(job) == reference
+    assert len(list(job.glob("gen_*"))) == 20 and not list(job.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_signal_while_writes_are_in_flight_lets_them_finish_and_records_exactly_what_is_on_disk(tmp_path, reference):
+    job = tmp_path / "run"
+    proc = start_sda_run(*SHORT_RUN, f"hydra.run.dir={job}", cwd=tmp_path)
+    stop_while_writing(job, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    output, _ = proc.communicate(timeout=120)
+
+    assert proc.returncode == 143, output
+    assert not write_in_flight(job), "the write in flight was finished, nothing was left half-done"
+    sidecars = sorted(job.glob("gen_*.json"))
+    assert sidecars and all(verify_output(s).ok for s in sidecars)
+    assert len(list(job.glob("gen_*.wav"))) == len(sidecars)
+    outcome = json.loads((job / "outcome.json").read_text())
+    assert outcome["interrupted"] == "SIGTERM"
+    assert outcome["counts"]["done"] == len(sidecars) and outcome["not_made"] == 10 - len(sidecars)
+    assert {item["sidecar"] for item in outcome["items"]} == {s.name for s in sidecars}
+    made = outputs_by_identity(job)
+    assert made == {identity: reference[identity] for identity in made}  # the bytes of an uninterrupted run
+
+
 @pytest.mark.slow
 def test_a_job_in_a_launchers_worker_records_the_interruption_and_returns(tmp_path):
     """What a joblib or submitit worker runs: Hydra's job without sda.run's main(), which handles

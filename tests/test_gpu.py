@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -29,11 +30,16 @@ from sda.config import (
     OneshotChunking,
     WavExport,
 )
+from sda.dsp import chain_kernel, phase
 from sda.dsp.difference import log_spectral_distance_db, peak_difference_dbfs
+from sda.dsp.picture import spectrogram_levels_batch
+from sda.dsp.quality import measure_quality_batch
+from sda.dsp.spectrogram import SpectrogramSettings
 from sda.model import load_model
 from sda.numerics import GPU_BATCH, GPU_VS_CPU
 from sda.outputs import verify_output
 from sda.pipeline import GenerationPipeline
+from sda.report.spectrogram import SPECTROGRAM_FLOOR_DB, SPECTROGRAM_PICTURE, spectrogram_levels_db
 from tests.helpers import ONE_THREAD, run_sda
 
 pytestmark = [
@@ -265,3 +271,48 @@ def test_cuda_run_resumes_lost_outputs_and_reproduces_one_on_cuda_and_on_the_cpu
         report(f"reproduce on {device} (alone) against cuda batch of 8, seed 6, bit-identical: {exact}", peak, lsd)
         assert peak <= peak_bound and lsd <= lsd_bound
         assert math.isfinite(lsd)
+
+
+# --------------------------------------------------------------------------------------------
+# The device paths of long files and of the report (sda.dsp.chain_kernel, quality, picture)
+
+
+def test_the_chain_kernel_gives_torchs_phases_to_the_bit_and_a_600_s_chain_in_a_fraction_of_a_second():
+    assert chain_kernel.kernel_available(torch.device("cuda")), "Triton comes with torch's CUDA builds"
+    g = torch.Generator().manual_seed(0)
+    items, steps, bins = 5, 700, 1025
+    origin = torch.randint(0, bins, (items, steps, bins), generator=g).cuda()
+    advance = (torch.rand(items, steps, bins, generator=g) * 1600 - 2).cuda()
+    first = (torch.rand(items, bins, generator=g) * 6).cuda()
+    kernel = chain_kernel.follow_chain_on_gpu(first, origin, advance)
+    assert kernel is not None and torch.equal(kernel, phase._follow_chain(first, origin, advance))
+
+    settings = SpectrogramSettings()
+    magnitude = torch.rand(1, settings.n_freqs, 56_250, generator=g).cuda() ** 4  # 600 s at hop 512
+    phase.locked_phase(magnitude[..., :100], settings)  # built and cached
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    phase.locked_phase(magnitude, settings)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    print(f"GPU figure | locked start of a 600 s spectrogram (56 250 frames): {seconds:.3f} s")
+    assert seconds < 1.0
+
+
+def test_cuda_metrics_and_report_pictures_agree_with_the_cpus():
+    g = torch.Generator().manual_seed(1)
+    audio = 0.2 * torch.randn(3, 2, 5 * 48000, generator=g)
+    audio[1] *= torch.linspace(0, 1, audio.shape[-1])
+    audio[2, :, :48000] *= 1e-3
+    on_cpu = measure_quality_batch(audio, 48000)
+    on_gpu = measure_quality_batch(audio.cuda(), 48000)
+    for cpu, gpu in zip(on_cpu, on_gpu, strict=True):
+        lu = gpu.loudness_lufs - cpu.loudness_lufs
+        print(f"GPU figure | loudness on cuda (FIR K-weighting) against cpu: {lu:+.6f} LU")
+        assert gpu.loudness_lufs == pytest.approx(cpu.loudness_lufs, abs=1e-3)
+        assert gpu.rating == cpu.rating and gpu.peak_dbfs == pytest.approx(cpu.peak_dbfs, abs=1e-4)
+    levels = spectrogram_levels_batch(audio[:, 0].cuda(), 48000, SPECTROGRAM_PICTURE).cpu().numpy()
+    for item, picture in zip(audio[:, 0].numpy(), levels, strict=True):
+        reference = spectrogram_levels_db(item, 48000)
+        shown = reference > SPECTROGRAM_FLOOR_DB
+        assert np.abs(picture - reference)[shown].max() < 0.05

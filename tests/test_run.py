@@ -109,7 +109,17 @@ def test_run_writes_count_outputs_with_consecutive_seeds_into_the_dated_run_fold
 
     outcome = json.loads((run_dir / "outcome.json").read_text())
     assert outcome["counts"] == {"done": 3, "skipped": 0, "failed": 0, "rejected": 0}
-    assert json.loads((run_dir / "summary.json").read_text())["ok"] is True
+    assert [item["seed"] for item in outcome["items"]] == [5, 6, 7]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ok"] is True
+    # Where the time went: the job's stages, and the run's around them (what sda.bench prints).
+    job = outcome["timings_s"]
+    assert job["write_busy_s"] > 0 and job["render_s"] >= job["decode_s"] + job["phase_s"] > 0
+    assert 0 < job["load_s"] + job["render_s"] <= outcome["elapsed_s"] < summary["timings_s"]["hydra_s"]
+    assert {"preflight_s", "hydra_s", "summary_s", "report_s", "main_started_unix"} <= set(summary["timings_s"])
+    # The plan and its estimate come first, once the folder is locked.
+    plan = [line for line in proc.stderr.splitlines() if line.startswith("sda: plan: ")]
+    assert plan == ["sda: plan: 3 files in 1 job, 1.5 s of audio (crossfade mono wav 48000 Hz), about 265 kB on disk"]
     # One log line per finished file, no progress bar when stderr is not a terminal.
     assert len(re.findall(r"wrote gen_\S+_seed\d\.wav", proc.stdout + proc.stderr)) == 3
     assert "file/s" not in proc.stdout + proc.stderr and "%|" not in proc.stdout + proc.stderr

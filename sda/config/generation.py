@@ -496,9 +496,11 @@ class RunConfig(GenerationConfig):
     """The primary config of `python -m sda.run`: a GenerationConfig plus how to run it.
 
     `reproduce`: the sidecar (.json) of an output to make again; `python -m sda.run` turns it into
-    overrides before composing (see sda.run), and the job compares what it made with it."""
+    overrides before composing (see sda.run), and the job compares what it made with it.
+    `dry_run`: pre-flight only; print the plan and its time estimate, render and write nothing."""
 
     reproduce: str | None = None
+    dry_run: bool = False
 
     def validate(self) -> None:
         super().validate()

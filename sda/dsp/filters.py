@@ -101,11 +101,17 @@ def lowpass_spectrum(
     return spectrum.to(device=device, dtype=torch.complex128 if dtype == torch.float64 else torch.complex64)
 
 
+def anti_alias_dtype(device: torch.device) -> torch.dtype:
+    """What the anti-alias filter computes in on `device` (see `anti_alias`)."""
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
 def anti_alias(
     audio: torch.Tensor,
     sample_rate: int,
     passband_hz: float = 20000.0,
     stopband_hz: float = 22000.0,
+    work_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Zero-phase low-pass of `[..., samples]` audio; same shape, device and dtype out.
 
@@ -113,7 +119,8 @@ def anti_alias(
     zero padding would make the filter average the first and last few milliseconds with silence,
     a level dip of up to 6 dB at the ends. Reflection continues the local waveform instead
     (inputs shorter than half the filter repeat their end samples). The work is done in float64
-    and cast back to the input's dtype.
+    on a CPU (batch invariance, see below) and in float32 elsewhere (`anti_alias_dtype`; or in
+    `work_dtype`), and cast back to the input's dtype.
     """
     kernel_taps = design_lowpass(sample_rate, passband_hz, stopband_hz).numel()
     half = (kernel_taps - 1) // 2
@@ -127,20 +134,48 @@ def anti_alias(
     pad_mode = "reflect" if samples > half else "replicate"
     padded = torch.nn.functional.pad(flat, (half, half), mode=pad_mode)
     # Overlap-save in segments of SEGMENT_SAMPLES outputs, so a 600 s render never holds its whole
-    # spectrum. The work is float64 whatever the input: the batched FFT's rounding depends on the
-    # batch size (its vectorised paths differ), and float64 results rounded back to float32 do
-    # not, so an item filters to the same samples alone or in a batch. A circular convolution of
-    # size >= segment + 2*half wraps only into the first 2*half outputs, which are discarded.
+    # spectrum. On a CPU the work is float64 whatever the input: the batched FFT's rounding depends
+    # on the batch size (its vectorised paths differ), and float64 results rounded back to float32
+    # do not, so an item filters to the same samples alone or in a batch. A GPU promises batch
+    # invariance within a bound only (sda.numerics.GPU_BATCH, -60 dBFS), and float32 stays within
+    # -120 dBFS of float64 here (tests/dsp/test_filters.py): float32 there, half the memory traffic.
+    # A circular convolution of size >= segment + 2*half wraps only into the first 2*half outputs,
+    # which are discarded.
+    work = work_dtype or anti_alias_dtype(audio.device)
     segment = min(samples, SEGMENT_SAMPLES)
     fft_size = fast_fft_size(segment + 2 * half)
-    spectrum = lowpass_spectrum(sample_rate, passband_hz, stopband_hz, fft_size, str(audio.device), torch.float64)
+    spectrum = lowpass_spectrum(sample_rate, passband_hz, stopband_hz, fft_size, str(audio.device), work)
     out = torch.empty(
         flat.shape, dtype=audio.dtype if audio.dtype.is_floating_point else torch.float32, device=audio.device
     )
     for start in range(0, samples, segment):
         n = min(segment, samples - start)
-        piece = padded[..., start : start + n + 2 * half].double()
+        piece = padded[..., start : start + n + 2 * half].to(work)
         filtered = torch.fft.irfft(torch.fft.rfft(piece, n=fft_size) * spectrum, n=fft_size)
         # Output sample i sits at i + half (padding) + half (filter centre) in the full convolution.
         out[..., start : start + n] = filtered[..., 2 * half : 2 * half + n]
     return out.reshape(shape).to(audio.dtype)
+
+
+def causal_fir(audio: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """`[..., samples]` audio through the FIR `taps` `[L]` from a zero state: y[n] = sum over k of
+    taps[k] * x[n - k]. Same shape, dtype and device out; the work is done in the audio's dtype,
+    by FFT overlap-save in segments of SEGMENT_SAMPLES outputs."""
+    shape = audio.shape
+    samples = shape[-1]
+    if samples == 0:
+        return audio
+    length = taps.numel()
+    flat = audio.reshape(-1, samples)
+    padded = torch.nn.functional.pad(flat, (length - 1, 0))
+    segment = min(samples, SEGMENT_SAMPLES)
+    fft_size = fast_fft_size(segment + length - 1)
+    spectrum = torch.fft.rfft(taps.to(device=audio.device, dtype=audio.dtype), n=fft_size)
+    out = torch.empty_like(flat)
+    for start in range(0, samples, segment):
+        n = min(segment, samples - start)
+        piece = padded[:, start : start + n + length - 1]
+        filtered = torch.fft.irfft(torch.fft.rfft(piece, n=fft_size) * spectrum, n=fft_size)
+        # Output sample i sits at i + length - 1 of the circular convolution of the padded piece.
+        out[:, start : start + n] = filtered[:, length - 1 : length - 1 + n]
+    return out.reshape(shape)

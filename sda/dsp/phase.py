@@ -21,6 +21,7 @@ import math
 import torch
 import torchaudio
 
+from sda.dsp.chain_kernel import follow_chain_on_gpu
 from sda.dsp.spectrogram import SpectrogramSettings, decompress, istft, mel_filterbank, stft
 
 # Gaussian approximation of a Hann window of length L: exp(-pi t^2 / gamma), gamma = 0.25645 L^2.
@@ -104,10 +105,16 @@ def locked_phase(magnitude: torch.Tensor, settings: SpectrogramSettings) -> torc
     the phase of the peak it grew from in the previous frame, advanced by 2 pi * hop * f with f
     from parabolic interpolation of the log-magnitude around the peak; every bin in a peak's
     region takes the peak's phase (window-centred reference), so a partial's bins start
-    coherent, which independent per-bin integration cannot guarantee. Sequential over frames,
-    vectorised over everything else, and worked through LOCKED_BLOCK_FRAMES frames at a time
-    (carrying the last frame's phase, peaks and frequencies) so a 600 s spectrogram does not
-    need gigabytes of per-frame index tensors; the result does not depend on the block size."""
+    coherent, which independent per-bin integration cannot guarantee. Worked through
+    LOCKED_BLOCK_FRAMES frames at a time (carrying the last frame's phase, peaks and
+    frequencies) so a 600 s spectrogram does not need gigabytes of per-frame index tensors; the
+    result does not depend on the block size.
+
+    Everything is vectorised over frames but the chain itself (each frame's phase is the
+    previous frame's, gathered and advanced), which is followed frame by frame: in torch on a
+    CPU, in one kernel on a GPU (sda.dsp.chain_kernel: the same arithmetic, the same bits).
+    A scan over frames would add the advances in another order, and Griffin-Lim turns that
+    rounding into audible differences (-16 dBFS on a 60 s latent_interp render, measured)."""
     n_fft, hop = settings.n_fft, settings.hop_length
     items = magnitude.reshape(-1, *magnitude.shape[-2:])  # [items, F, T]
     floor = _EPS * (items.amax(dim=(-2, -1), keepdim=True) + _EPS)  # [items, 1, 1]
@@ -126,20 +133,44 @@ def locked_phase(magnitude: torch.Tensor, settings: SpectrogramSettings) -> torc
         del log_mag, below, above, curvature
         frequency = (bins + offset.clamp(-0.5, 0.5)) / n_fft  # cycles per sample, valid at peaks
         peaks = _peak_of_each_bin(mag)  # [items, t, F]
-        frames: list[torch.Tensor] = []
-        for n in range(mag.shape[1]):
-            if n == 0 and carried is None:
-                frames.append(torch.zeros_like(mag[:, 0]))
-                continue
-            last_phase, last_peaks, last_frequency = (
-                (frames[-1], peaks[:, n - 1], frequency[:, n - 1]) if n else carried
-            )
-            origin = last_peaks.gather(-1, peaks[:, n])  # the peak each bin's peak grew from
-            advance = (math.pi * hop) * (last_frequency.gather(-1, origin) + frequency[:, n].gather(-1, peaks[:, n]))
-            frames.append(torch.remainder(last_phase.gather(-1, origin) + advance, 2 * math.pi))
-        carried = (frames[-1], peaks[:, -1], frequency[:, -1])
-        out[..., t0 : t0 + mag.shape[1]] = torch.stack(frames, dim=-1)
+        del offset, mag
+        # Every frame's step at once: the bin of the previous frame each bin's phase comes from,
+        # and the advance added to it. The first frame of all starts at phase 0.
+        if carried is None:
+            first = torch.zeros_like(frequency[:, 0])
+            previous_peaks, previous_frequency = peaks[:, :-1], frequency[:, :-1]
+            current_peaks, current_frequency = peaks[:, 1:], frequency[:, 1:]
+        else:
+            first = carried[0]
+            previous_peaks = torch.cat([carried[1][:, None], peaks[:, :-1]], dim=1)
+            previous_frequency = torch.cat([carried[2][:, None], frequency[:, :-1]], dim=1)
+            current_peaks, current_frequency = peaks, frequency
+        origin = previous_peaks.gather(-1, current_peaks)  # the peak each bin's peak grew from
+        advance = (math.pi * hop) * (
+            previous_frequency.gather(-1, origin) + current_frequency.gather(-1, current_peaks)
+        )
+        del previous_peaks, previous_frequency, current_frequency
+        carried_peaks, carried_frequency = peaks[:, -1], frequency[:, -1]
+        del peaks, frequency
+        phases = follow_chain_on_gpu(first, origin, advance)  # [items, steps, F]; None on a CPU
+        if phases is None:
+            phases = _follow_chain(first, origin, advance)
+        if carried is None:
+            phases = torch.cat([first[:, None], phases], dim=1)
+        out[..., t0 : t0 + phases.shape[1]] = phases.transpose(-1, -2)
+        carried = (phases[:, -1], carried_peaks, carried_frequency)
     return torch.remainder(out - math.pi * bins.unsqueeze(-1), 2 * math.pi).reshape(magnitude.shape)
+
+
+def _follow_chain(first: torch.Tensor, origin: torch.Tensor, advance: torch.Tensor) -> torch.Tensor:
+    """Phases `[items, steps, F]` of the frames after `first` `[items, F]`, frame by frame:
+    phase[n] = (phase[n - 1] gathered at origin[n] + advance[n]) mod 2 pi."""
+    phases = torch.empty_like(advance)
+    previous = first
+    for n in range(advance.shape[1]):
+        torch.remainder(previous.gather(-1, origin[:, n]).add_(advance[:, n]), 2 * math.pi, out=phases[:, n])
+        previous = phases[:, n]
+    return phases
 
 
 def initial_phase(

@@ -28,6 +28,7 @@ from typing import Any
 
 from sda.encode import EXTENSIONS
 from sda.outputs import BROKEN_DIR, OUTCOME_FILE, OUTPUT_PREFIX, SIDECAR_GLOB, verify_output
+from sda.parallel import parallel_map
 from sda.seeds import right_seed
 
 log = logging.getLogger(__name__)
@@ -287,8 +288,8 @@ def _output_rows(
     `set_aside`: every output there is broken, whatever its files say now)."""
     rows: list[ReportRow] = []
     named: set[str] = set()
-    for sidecar in sorted(where.glob(SIDECAR_GLOB)):
-        check = verify_output(sidecar)
+    for check in parallel_map(verify_output, sorted(where.glob(SIDECAR_GLOB))):  # hashing every file: in parallel
+        sidecar = check.sidecar_path
         ok = check.ok and not set_aside
         row = ReportRow(job=job, status="done" if ok else "broken", sidecar=relative_to(sidecar, folder))
         if set_aside:

@@ -6,11 +6,14 @@ relative to a full-scale sine. The pictures go into `spectrograms/` in each job 
 the output's identity, and are never redrawn once there: the report is rewritten at the end of
 every run and resume, and its cost must not grow with the sweep. numpy and zlib only, no imaging
 library.
+
+A run draws each output's picture as it writes the output, from levels the pipeline computed on
+the device for the whole batch (sda.dsp.picture, the same levels within float32 rounding); the
+report draws those still missing from the files, in parallel.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import struct
 import zlib
@@ -19,6 +22,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from sda.dsp.picture import (
+    PictureSettings,
+    band_bins,
+    column_bounds,
+    frame_starts,
+    full_scale_power,
+    picture_n_fft,
+    picture_row_edges_hz,
+    picture_window,
+)
 from sda.files import write_atomic
 from sda.outputs import SPECTROGRAM_DIR
 
@@ -34,6 +47,13 @@ _COLOURS = np.array(
     [(0.0, 0, 0, 0), (0.25, 40, 10, 90), (0.5, 180, 40, 90), (0.75, 250, 140, 30), (1.0, 255, 255, 200)],
     dtype=np.float64,
 )
+# What the pipeline computes on the device for a run's pictures (sda.dsp.picture).
+SPECTROGRAM_PICTURE = PictureSettings(SPECTROGRAM_WIDTH, SPECTROGRAM_HEIGHT, SPECTROGRAM_MAX_S, SPECTROGRAM_F_MIN_HZ)
+
+
+# zlib's level for the pictures: 1 is four times faster than 6 here for 3 % more bytes (measured
+# on a 400 x 120 spectrogram: 56.3 kB in 2.9 ms against 54.6 kB in 11.9 ms).
+PNG_COMPRESSION = 1
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -50,19 +70,19 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESSION))
         + chunk(b"IEND", b"")
     )
 
 
 def spectrogram_n_fft(sample_rate: int) -> int:
     """About 43 ms: 2048 at 44.1 and 48 kHz, 4096 at 96 kHz."""
-    return 1 << max(8, round(math.log2(sample_rate * 0.0427)))
+    return picture_n_fft(sample_rate)
 
 
 def spectrogram_row_edges_hz(sample_rate: int, height: int = SPECTROGRAM_HEIGHT) -> np.ndarray:
     """`height + 1` band edges, log-spaced from SPECTROGRAM_F_MIN_HZ to Nyquist, lowest first."""
-    return np.geomspace(SPECTROGRAM_F_MIN_HZ, sample_rate / 2, height + 1)
+    return picture_row_edges_hz(sample_rate, height, SPECTROGRAM_F_MIN_HZ)
 
 
 def spectrogram_row_frequencies(sample_rate: int, height: int = SPECTROGRAM_HEIGHT) -> np.ndarray:
@@ -90,29 +110,28 @@ def spectrogram_levels_db(
     n_fft = spectrogram_n_fft(sample_rate)
     if signal.size < n_fft:
         signal = np.pad(signal, (0, n_fft - signal.size))
-    span = signal.size - n_fft
-    n_frames = max(width, span // (n_fft // 2) + 1)
-    starts = np.linspace(0, span, n_frames).round().astype(np.int64)
-    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    starts = frame_starts(signal.size, n_fft, width)
+    n_frames = len(starts)
+    window = picture_window(n_fft)
     frames = signal[starts[:, None] + np.arange(n_fft)] * window
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # [n_frames, bins]
-    bounds = np.floor(np.arange(width) * n_frames / width).astype(np.int64)
+    bounds = column_bounds(n_frames, width)
     columns = np.add.reduceat(power, bounds, axis=0) / np.diff(np.append(bounds, n_frames))[:, None]
-    bin_hz = sample_rate / n_fft
-    edges = spectrogram_row_edges_hz(sample_rate, height)
-    low = np.minimum(np.floor(edges[:-1] / bin_hz + 0.5).astype(np.int64), power.shape[1] - 1)
-    high = np.maximum(np.floor(edges[1:] / bin_hz + 0.5).astype(np.int64), low + 1)
+    low, high = band_bins(sample_rate, n_fft, height, SPECTROGRAM_F_MIN_HZ)
     bands = np.stack([columns[:, lo:hi].max(axis=1) for lo, hi in zip(low, high, strict=True)])  # [height, width]
-    full_scale = (window.sum() / 2) ** 2
-    return 10 * np.log10(bands[::-1] / full_scale + 1e-20)
+    return 10 * np.log10(bands[::-1] / full_scale_power(window) + 1e-20)
 
 
 def spectrogram_image(
     signal: np.ndarray, sample_rate: int, width: int = SPECTROGRAM_WIDTH, height: int = SPECTROGRAM_HEIGHT
 ) -> np.ndarray:
     """`[height, width, 3]` uint8 picture of `spectrogram_levels_db`."""
-    levels = spectrogram_levels_db(signal, sample_rate, width, height)
-    return colour_map((levels - SPECTROGRAM_FLOOR_DB) / (SPECTROGRAM_TOP_DB - SPECTROGRAM_FLOOR_DB))
+    return levels_image(spectrogram_levels_db(signal, sample_rate, width, height))
+
+
+def levels_image(levels_db: np.ndarray) -> np.ndarray:
+    """`[height, width, 3]` uint8 picture of `[height, width]` levels in dB."""
+    return colour_map((np.asarray(levels_db) - SPECTROGRAM_FLOOR_DB) / (SPECTROGRAM_TOP_DB - SPECTROGRAM_FLOOR_DB))
 
 
 def write_spectrogram(audio_path: Path, png_path: Path) -> None:
@@ -127,3 +146,15 @@ def write_spectrogram(audio_path: Path, png_path: Path) -> None:
 def spectrogram_path(job_dir: Path, stem: str, identity: str) -> Path:
     key = re.sub(r"[^0-9A-Za-z]", "", identity)[:32] or "noidentity"
     return job_dir / SPECTROGRAM_DIR / f"{stem}_{key}.png"
+
+
+def write_output_picture(audio_path: Path, identity: str, levels_db: np.ndarray | None = None) -> Path:
+    """The picture of a just-written output, where the report looks for it: from `levels_db`
+    (`[height, width]`, computed with the audio on the device) or else from the file."""
+    png = spectrogram_path(audio_path.parent, audio_path.stem, identity)
+    if levels_db is None:
+        write_spectrogram(audio_path, png)
+    else:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(png, png_bytes(levels_image(levels_db)), replace=True)
+    return png

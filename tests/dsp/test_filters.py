@@ -8,6 +8,8 @@ from sda.dsp.filters import (
     STOPBAND_ATTENUATION_DB,
     TAPS_AT_48KHZ,
     anti_alias,
+    anti_alias_dtype,
+    causal_fir,
     design_lowpass,
     fast_fft_size,
 )
@@ -164,3 +166,27 @@ def test_segmented_filtering_matches_one_fft_over_the_whole_signal(monkeypatch):
     segmented = filters.anti_alias(audio, 48000)
     assert segmented.shape == whole.shape
     assert (segmented - whole).abs().max() < 1e-6
+
+
+def test_float32_work_as_on_a_gpu_stays_within_120_dbfs_of_float64():
+    # A GPU filters in float32 (its batch invariance is promised within -60 dBFS only).
+    x = 0.3 * torch.randn(3, 1, 200_000, generator=torch.Generator().manual_seed(1))
+    exact = anti_alias(x, SAMPLE_RATE, work_dtype=torch.float64)
+    assert anti_alias_dtype(torch.device("cpu")) == torch.float64
+    assert torch.equal(anti_alias(x, SAMPLE_RATE), exact)  # what a CPU does, to the bit
+    difference = (anti_alias(x, SAMPLE_RATE, work_dtype=torch.float32) - exact).abs().max().item()
+    assert 20 * math.log10(difference) < -120
+
+
+@pytest.mark.parametrize("samples", [1, 999, 100_000])
+def test_causal_fir_is_the_direct_convolution_from_a_zero_state(samples, monkeypatch):
+    import sda.dsp.filters as filters
+
+    monkeypatch.setattr(filters, "SEGMENT_SAMPLES", 30_000)  # several overlap-save segments
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, samples, generator=g, dtype=torch.float64)
+    taps = torch.randn(301, generator=g, dtype=torch.float64) * torch.exp(-torch.arange(301) / 50.0)
+    direct = torch.nn.functional.conv1d(
+        torch.nn.functional.pad(x[:, None], (taps.numel() - 1, 0)), taps.flip(0)[None, None]
+    )[:, 0]
+    assert torch.allclose(causal_fir(x, taps), direct, atol=1e-9)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from sda.dsp.phase import griffin_lim, inverse_mel, locked_phase, spectral_convergence
 from sda.dsp.spectrogram import SpectrogramSettings, mel_filterbank, mel_magnitude, stft
-from tests.helpers import assert_batch_consistency
+from tests.helpers import REPO, assert_batch_consistency
 
 SETTINGS = SpectrogramSettings()
 SR = SETTINGS.sample_rate
@@ -89,3 +93,32 @@ def test_locked_start_does_not_depend_on_its_block_size(monkeypatch):
     whole = phase.locked_phase(magnitude, settings)
     monkeypatch.setattr(phase, "LOCKED_BLOCK_FRAMES", 7)
     assert torch.equal(phase.locked_phase(magnitude, settings), whole)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (comes with torch's CUDA builds)")
+def test_the_gpu_chain_kernel_gives_torchs_phases_to_the_bit(tmp_path):
+    """The locked start's frame chain runs as one kernel on a GPU. Triton's interpreter runs it
+    on the CPU here: its phases must be torch's exactly (tests/test_gpu.py checks the GPU)."""
+    settings = SpectrogramSettings()
+    magnitude = torch.rand(2, settings.n_freqs, 70, generator=torch.Generator().manual_seed(4)) ** 4
+    torch.save(magnitude, tmp_path / "magnitude.pt")
+    code = (
+        "import sys, torch\n"
+        "from sda.dsp import chain_kernel, phase\n"
+        "from sda.dsp.spectrogram import SpectrogramSettings\n"
+        "assert chain_kernel.kernel_available(torch.device('cpu'))\n"
+        "phase.LOCKED_BLOCK_FRAMES = 32  # chains carried over blocks too\n"
+        "m = torch.load(sys.argv[1])\n"
+        "torch.save(phase.locked_phase(m, SpectrogramSettings()), sys.argv[2])\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "magnitude.pt"), str(tmp_path / "phase.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.equal(torch.load(tmp_path / "phase.pt"), locked_phase(magnitude, settings))

@@ -221,3 +221,21 @@ def test_segmented_loudness_equals_torchaudios_whole_signal_loudness(monkeypatch
     ours = quality.gated_loudness(quality.k_weighted_block_energies(audio, 48000))
     reference = torchaudio.functional.loudness(audio, 48000)
     assert torch.allclose(ours, reference, atol=1e-3)
+
+
+@pytest.mark.parametrize("sample_rate", [44100, 48000, 96000])
+def test_the_fir_k_weighting_of_a_gpu_gives_the_biquads_loudness(sample_rate):
+    # A GPU K-weights with the filters' impulse response by FFT (torchaudio's recursion is
+    # sequential in time); blocks and loudness must agree with the biquads to float32 rounding.
+    import sda.dsp.quality as quality
+
+    g = torch.Generator().manual_seed(5)
+    audio = 0.05 * torch.randn(2, 2, 3 * sample_rate, generator=g)
+    audio[1] *= torch.linspace(0, 1, audio.shape[-1])  # a fade-in: the relative gate matters
+    audio[0, 0, :sample_rate] *= 1e-3  # a quiet second: the absolute gate matters
+    biquads = quality.k_weighted_block_energies(audio, sample_rate).double()  # the CPU's way
+    fir = quality.k_weighted_block_energies_fir(audio, sample_rate)
+    assert fir.shape == biquads.shape
+    assert torch.allclose(fir, biquads, rtol=1e-4, atol=0)
+    difference = quality.gated_loudness(fir) - quality.gated_loudness(biquads)
+    assert difference.abs().max() < 1e-4  # LU
