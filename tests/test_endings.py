@@ -332,7 +332,7 @@ def test_a_lock_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=file_size_limit(3),  # the lock file's process id does not fit
+        preexec_fn=file_size_limit(0),  # not one byte of the lock file's process id fits
     )
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [f"error: cannot write into {job}: File too large"]
