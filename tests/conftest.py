@@ -1,4 +1,4 @@
-"""Shared fixtures: one torch thread for modules that render, a tiny synthesised dataset, and a
+"""Shared fixtures: one torch thread for modules that render, a tiny synthesized dataset, and a
 cache folder of the session's own (runs record their throughput there, never in the user's)."""
 
 from __future__ import annotations
@@ -11,6 +11,12 @@ import torch
 
 from sda.estimate import CACHE_ENV
 from tests.helpers import make_tiny_dataset
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Run by pytest-xdist, one worker per core: one torch thread each, and for every command a
+    # test starts, so workers do not fight over the cores (no render's bytes depend on it).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
