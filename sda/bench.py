@@ -10,7 +10,7 @@ reference: one seed at a time, one chunk at a time: each latent decoded alone, a
 default:   the pipeline as configured: every chunk of every seed of a batch decoded in one pass,
            pseudo-inverse mel and Griffin-Lim over the whole batch (sda.config.PhaseConfig).
 
-Both share every other stage (anti-alias, stereo, normalise, resample, metrics, export), so the
+Both share every other stage (anti-alias, stereo, normalize, resample, metrics, export), so the
 difference is the batching and the phase reconstruction. Each path runs in its own spawned
 process, so its peak resident memory is its own; a short warm-up (caches, kernels) comes first
 and is not timed. The export of these pipeline-only figures is `save_result` item after item.

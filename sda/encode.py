@@ -1,6 +1,6 @@
 """Audio bytes for WAV, FLAC and OGG: a complete file encoded in memory (`encode_audio`).
 
-Quantisation is ours, not libsndfile's, so the -1 dBFS ceiling holds in the integers:
+Quantization is ours, not libsndfile's, so the -1 dBFS ceiling holds in the integers:
 16-bit gets TPDF dither (triangular, +-1 LSB) from a seeded generator; 24-bit is rounded; 32-bit
 is float. libsndfile stores an int32 sample as PCM_24 by keeping its top 24 bits, so 24-bit
 values are handed over shifted left by 8. Tags: FLAC and OGG accept them only before the first
@@ -9,7 +9,7 @@ with a stream serial number drawn from the clock; it is replaced by one from `di
 checksums recomputed), so the same audio always gives the same bytes in every format.
 Writing the bytes to disk is sda.outputs' job.
 
-With a true-peak ceiling (loudness-normalised outputs), the decoded file's true peak is measured
+With a true-peak ceiling (loudness-normalized outputs), the decoded file's true peak is measured
 (sda.dsp.loudness) and an encoding over it is redone with the input scaled down, as a Vorbis
 encoding over the sample-peak ceiling is: dither and lossy coding may lift a peak.
 """
@@ -73,7 +73,7 @@ def _ceiling_amplitude(ceiling_dbfs: float) -> float:
     return 10 ** (ceiling_dbfs / 20)
 
 
-def quantise(audio: np.ndarray, bit_depth: int, ceiling_dbfs: float, dither_seed: int) -> np.ndarray:
+def quantize(audio: np.ndarray, bit_depth: int, ceiling_dbfs: float, dither_seed: int) -> np.ndarray:
     """`[channels, frames]` float -> `[frames, channels]` samples as soundfile takes them."""
     ceiling = _ceiling_amplitude(ceiling_dbfs)
     if bit_depth == 32:
@@ -150,7 +150,7 @@ def _set_ogg_serial(data: bytes, serial: int) -> bytes:
 
 
 def pcm_decoded_peak(samples: np.ndarray, bit_depth: int) -> float:
-    """The sample peak a reader decodes from PCM written from `quantise`'s `samples`, without
+    """The sample peak a reader decodes from PCM written from `quantize`'s `samples`, without
     decoding the file: libsndfile reads an integer sample as its value over 2^(bits - 1) and a
     float sample as it is, both exact in float64."""
     if samples.size == 0:
@@ -202,20 +202,20 @@ def encode_audio(
     frames = audio.shape[1]
     true_ceiling = None if true_peak_ceiling_dbtp is None else _ceiling_amplitude(true_peak_ceiling_dbtp)
     measured_true_peak = None
-    # Clamped first: scaling down a signal that quantise() would clamp anyway would leave it
+    # Clamped first: scaling down a signal that quantize() would clamp anyway would leave it
     # unchanged, and an overshoot with it.
     source = np.clip(audio.astype(np.float64), -ceiling, ceiling) if format == "ogg" else audio
     gain = 1.0
     for _ in range(OGG_ATTEMPTS):
         if format == "ogg":
-            samples = quantise(source * gain, 32, ceiling_dbfs, 0)
+            samples = quantize(source * gain, 32, ceiling_dbfs, 0)
             data = _set_ogg_serial(_encode_once(samples, sample_rate, format, subtype, tags, ogg_quality), dither_seed)
             peak, decoded_frames = _decoded_peak(data)
             if decoded_frames != frames:
                 raise OutputError(f"{format} encoding gave {decoded_frames} frames for {frames}")
         else:
             scaled = source if gain == 1.0 else source * gain
-            samples = quantise(scaled, bit_depth, ceiling_dbfs, dither_seed)
+            samples = quantize(scaled, bit_depth, ceiling_dbfs, dither_seed)
             data = _encode_once(samples, sample_rate, format, subtype, tags, ogg_quality)
             peak = pcm_decoded_peak(samples, bit_depth)  # what a reader decodes, without decoding
         over = peak / ceiling if format == "ogg" and peak > ceiling else 1.0

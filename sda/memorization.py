@@ -1,4 +1,4 @@
-"""The memorisation check of every output: how near it lies to the audio its model was trained on.
+"""The memorization check of every output: how near it lies to the audio its model was trained on.
 
 The measure is sda.novelty's, the one sda.evaluate reports: the fingerprint distance (dB) between
 1 s windows, and the nearest training window's file and start. Two references, both kept in the
@@ -52,7 +52,7 @@ NO_WINDOW = "no_window"
 
 
 @dataclass(frozen=True)
-class MemorisationCheck:
+class MemorizationCheck:
     """One output's check: `status` is CHECKED (with `training_audio` and `model_rendition`, the
     nearest window of each reference), UNAVAILABLE (the checkpoint keeps no references; `reason`
     says why) or NO_WINDOW (no 1 s window of the output above -60 dBFS)."""
@@ -88,7 +88,7 @@ class MemorisationCheck:
         return near_copy_text(nearest.file, nearest.start_s, nearest.distance_db, self.min_novelty_db)
 
     def to_dict(self) -> dict[str, Any]:
-        """The sidecar's `memorisation` record."""
+        """The sidecar's `memorization` record."""
         nearest = self.nearest
         return {
             "status": self.status,
@@ -139,13 +139,13 @@ def check_output(
     quality: QualityConfig,
     window_prints: torch.Tensor | None = None,
     window_starts_s: torch.Tensor | None = None,
-) -> MemorisationCheck:
+) -> MemorizationCheck:
     """The check of one output, `audio` `[channels, frames]` at `sample_rate` (mixed to mono and
     brought to sda.novelty's rate first). `window_prints` `[W, FINGERPRINT_DIMS]`: the
     fingerprints of the windows the model decoded for it, starting at `window_starts_s` `[W]` in
     the output, when its chunking mode has such windows."""
     if summary is None or summary.novelty is None or summary.renditions is None:
-        return MemorisationCheck(
+        return MemorizationCheck(
             UNAVAILABLE, None, None, quality.min_novelty, quality.reject_copies, unavailable_reason(summary)
         )
     mono = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).mean(dim=0)
@@ -157,11 +157,11 @@ def check_output(
             rendition = decoded
     if training_audio is None and rendition is None:
         reason = "no 1 s window of the output is above the silence threshold"
-        return MemorisationCheck(NO_WINDOW, None, None, quality.min_novelty, quality.reject_copies, reason)
-    return MemorisationCheck(CHECKED, training_audio, rendition, quality.min_novelty, quality.reject_copies)
+        return MemorizationCheck(NO_WINDOW, None, None, quality.min_novelty, quality.reject_copies, reason)
+    return MemorizationCheck(CHECKED, training_audio, rendition, quality.min_novelty, quality.reject_copies)
 
 
-def rated(metrics: QualityMetrics, check: MemorisationCheck) -> QualityMetrics:
+def rated(metrics: QualityMetrics, check: MemorizationCheck) -> QualityMetrics:
     """`metrics` rated red with the check's verdict when the output is a near copy (a reason it
     was red for already follows the verdict)."""
     if not check.near_copy:
@@ -173,10 +173,10 @@ def rated(metrics: QualityMetrics, check: MemorisationCheck) -> QualityMetrics:
 def recorded_rejection(record: dict[str, Any], quality: QualityConfig) -> str | None:
     """For an output already on disk: the reason it is rejected under `quality`, judged from the
     distance its sidecar records; None when it is not (or the sidecar records no distance)."""
-    memorisation = record.get("memorisation")
-    if not quality.reject_copies or not isinstance(memorisation, dict):
+    memorization = record.get("memorization")
+    if not quality.reject_copies or not isinstance(memorization, dict):
         return None
-    distance, file, start = memorisation.get("distance_db"), memorisation.get("file"), memorisation.get("start_s")
+    distance, file, start = memorization.get("distance_db"), memorization.get("file"), memorization.get("start_s")
     if not _is_number(distance) or distance >= quality.min_novelty:
         return None
     return near_copy_text(

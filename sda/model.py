@@ -1,7 +1,7 @@
 """The convolutional VAE over log-mel windows, and its checkpoint format.
 
 A window is `[n_mels, frames]` log-mel (frames = 1 + window_samples // hop). The encoder sees it
-normalised per mel bin (mean/std of the training data, stored as buffers), padded at the top of
+normalized per mel bin (mean/std of the training data, stored as buffers), padded at the top of
 the time axis to a multiple of 2**levels frames so every stride-2 level halves it exactly; the
 decoder mirrors that and crops back. Every layer's shape is fixed at construction from the
 spectrogram settings and the hyperparameters; nothing is created on first forward.
@@ -17,7 +17,7 @@ loading a stranger's checkpoint never runs code from it. It holds a dict:
     state_dict      tensors
     training_summary  (format 2) the training windows' latents and novelty index, or None
                     (sda.training_summary); a format-1 checkpoint has none: it loads, and the
-                    memorisation check of its outputs is "unavailable"
+                    memorization check of its outputs is "unavailable"
 """
 
 from __future__ import annotations
@@ -114,38 +114,38 @@ class MelVAE(nn.Module):
                 decoder.append(nn.SiLU())
         self.decoder = nn.Sequential(*decoder)
 
-    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-mel-bin statistics `[n_mels]` of the training log-mels."""
         self.mel_mean.copy_(mean.reshape(self.n_mels, 1))
         self.mel_std.copy_(std.clamp(min=1e-3).reshape(self.n_mels, 1))
 
-    def normalise(self, log_mel: torch.Tensor) -> torch.Tensor:
+    def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
         return (log_mel - self.mel_mean) / self.mel_std
 
     def encode(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`[batch, n_mels, frames]` log-mel -> (mu, logvar), each `[batch, latent_dim]`."""
-        x = self.normalise(log_mel)
+        x = self.normalize(log_mel)
         x = nn.functional.pad(
             x, (0, self.padded_frames - self.frames, 0, self.padded_mels - self.n_mels), mode="replicate"
         )
         h = self.encoder(x.unsqueeze(1)).flatten(1)
         return self.to_mu(h), self.to_logvar(h).clamp(-30.0, 20.0)
 
-    def decode_normalised(self, z: torch.Tensor) -> torch.Tensor:
-        """`[batch, latent_dim]` -> normalised log-mel `[batch, n_mels, frames]` (the training target space)."""
+    def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
+        """`[batch, latent_dim]` -> normalized log-mel `[batch, n_mels, frames]` (the training target space)."""
         h = self.from_latent(z).reshape(z.shape[0], *self.bottom_shape)
         return self.decoder(h)[:, 0, : self.n_mels, : self.frames]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """`[batch, latent_dim]` latents -> log-mel windows `[batch, n_mels, frames]` (never negative)."""
-        return (self.decode_normalised(z) * self.mel_std + self.mel_mean).clamp(min=0.0)
+        return (self.decode_normalized(z) * self.mel_std + self.mel_mean).clamp(min=0.0)
 
     def forward(self, log_mel: torch.Tensor, generator: torch.Generator | None = None):
-        """Reparameterised pass for training: returns (normalised reconstruction, mu, logvar)."""
+        """Reparameterized pass for training: returns (normalized reconstruction, mu, logvar)."""
         mu, logvar = self.encode(log_mel)
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + noise * torch.exp(0.5 * logvar)
-        return self.decode_normalised(z), mu, logvar
+        return self.decode_normalized(z), mu, logvar
 
 
 @dataclass

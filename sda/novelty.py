@@ -114,7 +114,7 @@ def settings_dict() -> dict[str, Any]:
 
 @functools.cache
 def _band_filterbank() -> torch.Tensor:
-    """`[n_freqs, N_BANDS]` mel filterbank (HTK scale, unnormalised triangles)."""
+    """`[n_freqs, N_BANDS]` mel filterbank (HTK scale, unnormalized triangles)."""
     return torchaudio.functional.melscale_fbanks(N_FFT // 2 + 1, F_MIN_HZ, F_MAX_HZ, N_BANDS, SAMPLE_RATE, None, "htk")
 
 

@@ -40,7 +40,7 @@ from sda.config import GenerationConfig, Normalize, PriorSource
 from sda.encode import EXTENSIONS, EncodedAudio, encode_audio
 from sda.errors import OutputError
 from sda.files import TEMP_GLOB, file_sha256, write_atomic, write_json_atomic
-from sda.memorisation import UNAVAILABLE
+from sda.memorization import UNAVAILABLE
 from sda.numerics import numerics_status
 from sda.pipeline import GenerationResult
 from sda.sources import source_identity
@@ -62,7 +62,7 @@ INDEX_FILE = "index.html"
 
 # 2: identities and sidecar configs hold only the chosen option's keys of each group.
 # 3: the source and quality groups in the config; `source` (files and their sha256) and
-#    `memorisation` (the nearest training window and the verdict) records.
+#    `memorization` (the nearest training window and the verdict) records.
 SIDECAR_FORMAT_VERSION = 3
 # Parameters that change an output's audio (besides the seed and the checkpoint).
 IDENTITY_FIELDS = ("duration_s", "chunking", "stereo", "export", "phase")
@@ -239,7 +239,7 @@ def sidecar_record(
         "timings_s": result.timings_s,
         "quality": result.metrics.to_dict(),
         "source": {"mode": cfg.source.mode, "files": [dict(entry) for entry in result.source_files]},
-        "memorisation": memorisation_record(result),
+        "memorization": memorization_record(result),
         # what decides the audio's last bits here: device, CPU pin, threads (see sda.numerics)
         "numerics": numerics_status(result.device),
         **versions(),
@@ -247,10 +247,10 @@ def sidecar_record(
     }
 
 
-def memorisation_record(result: GenerationResult) -> dict[str, Any]:
-    """The sidecar's `memorisation` record (sda.memorisation), or why there is none."""
-    if result.memorisation is not None:
-        return result.memorisation.to_dict()
+def memorization_record(result: GenerationResult) -> dict[str, Any]:
+    """The sidecar's `memorization` record (sda.memorization), or why there is none."""
+    if result.memorization is not None:
+        return result.memorization.to_dict()
     return {"status": UNAVAILABLE, "reason": "not checked (a result made outside the pipeline)"}
 
 

@@ -4,9 +4,9 @@ For a batch of seeds, every stage runs once over the whole batch:
 
     latents per voice from the source (sda.sources; the prior: CPU generators of the seeds)
     -> one decoder pass over every chunk/window of every voice -> inverse mel -> Griffin-Lim over
-    the batch -> anti-alias -> stereo -> peak normalise -> resample (only here, to the export
+    the batch -> anti-alias -> stereo -> peak normalize -> resample (only here, to the export
     rate) -> [one-shots: tail trimmed] -> level (peak or loudness) -> exact-length trim
-    -> quality metrics -> memorisation check (sda.memorisation)
+    -> quality metrics -> memorization check (sda.memorization)
 
 One-shots (`chunking=oneshot`) are one model window per voice, reconstructed from its start and
 ended where the sound ends: each has its own length, at most duration_s and one window.
@@ -61,14 +61,14 @@ from sda.dsp.picture import PictureSettings, spectrogram_levels_batch
 from sda.dsp.quality import QualityMetrics, measure_quality
 from sda.dsp.spectrogram import decompress
 from sda.errors import CheckpointError, ConfigError
-from sda.memorisation import MemorisationCheck, check_output, rated
+from sda.memorization import MemorizationCheck, check_output, rated
 from sda.model import LoadedModel
 from sda.novelty import window_fingerprints
 from sda.sources import LatentSource, build_latent_source
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "phase", "dsp", "memorisation")
+STAGES = ("decode", "phase", "dsp", "memorization")
 # The decoder runs in float64 and its output is rounded to float32. Why: oneDNN picks its kernels
 # (and so its rounding) by batch size, and Griffin-Lim amplifies differences of 1e-7 in its input
 # magnitude to 1e-3 in the audio (phases of near-zero bins flip). Rounding float64 results to
@@ -79,7 +79,7 @@ DECODE_DTYPE = torch.float64
 PHASE_FRAMES_PER_GROUP = {False: 2048, True: 1 << 22}
 # Latents per decoder pass (CPU, GPU).
 DECODE_GROUP = {False: 128, True: 8192}
-# Decoded windows fingerprinted for the memorisation check per call: a GPU batch's windows reach
+# Decoded windows fingerprinted for the memorization check per call: a GPU batch's windows reach
 # host memory this many at a time (a long render's are gigabytes).
 FINGERPRINT_GROUP = 256
 # Generated beyond the requested length at 48 kHz, so the resampled signal always covers the
@@ -91,7 +91,7 @@ MARGIN_SAMPLES = 256
 class GenerationResult:
     """One finished output. `audio` is `[channels, frames]` float32 at `sample_rate`: exactly
     round(duration_s * sample_rate) frames (a one-shot: its own length, at most that), sample peak
-    at most -1 dBFS. `level`: its loudness and true peak, and what a loudness normalisation did."""
+    at most -1 dBFS. `level`: its loudness and true peak, and what a loudness normalization did."""
 
     seed: int
     right_seed: int | None
@@ -106,7 +106,7 @@ class GenerationResult:
     finished_at: datetime
     timings_s: dict[str, float] = field(default_factory=dict)
     level: ItemLevel | None = None
-    memorisation: MemorisationCheck | None = None  # None: not checked (a result made outside the pipeline)
+    memorization: MemorizationCheck | None = None  # None: not checked (a result made outside the pipeline)
     source_files: tuple[dict[str, str], ...] = ()  # each file the source read: path (as given) and sha256
     # `[height, width]` levels of the report's picture, when the pipeline was asked for them
     spectrogram_db: np.ndarray | None = None
@@ -129,7 +129,7 @@ class RenderedVoices:
     """What a chunking mode renders: mono `audio` `[V, 1, samples]` at 48 kHz (voices ordered as
     in the module docstring) and, when the mode phase-reconstructs every decoded window on its
     own, the sda.novelty fingerprints of those windows `[V, n, FINGERPRINT_DIMS]` and where each
-    starts in the output, `window_starts_s` `[n]` (for the memorisation check)."""
+    starts in the output, `window_starts_s` `[n]` (for the memorization check)."""
 
     audio: torch.Tensor
     window_prints: torch.Tensor | None = None
@@ -152,7 +152,7 @@ class RenderedVoices:
 
 
 class StageClock:
-    """Wall time per stage; synchronises CUDA at stage boundaries so times are real."""
+    """Wall time per stage; synchronizes CUDA at stage boundaries so times are real."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -287,7 +287,7 @@ class GenerationPipeline:
             # Each item measured over its own length (a one-shot's ends where its hit ends).
             metrics = [measure_quality(finished.item(i), cfg.export.sample_rate) for i in range(len(seeds))]
             # What every sidecar records: the delivered audio's loudness (the quality metrics'
-            # measurement) and true peak, and what a loudness normalisation did.
+            # measurement) and true peak, and what a loudness normalization did.
             levels = [
                 ItemLevel(
                     Levels(metrics[i].loudness_lufs, amplitude_dbtp(true_peak(finished.item(i)))),
@@ -297,7 +297,7 @@ class GenerationPipeline:
             ]
             pictures = self.pictures(finished, cfg.export.sample_rate)
             host = finished.audio.float().cpu().numpy()
-        with clock.stage("memorisation"):
+        with clock.stage("memorization"):
             checks = [
                 check_output(
                     self.model.summary,
@@ -326,7 +326,7 @@ class GenerationPipeline:
                 finished_at=finished_at,
                 timings_s=dict(share),
                 level=levels[i],
-                memorisation=checks[i],
+                memorization=checks[i],
                 source_files=source_files,
                 spectrogram_db=pictures[i] if pictures is not None else None,
             )
@@ -445,7 +445,7 @@ class GenerationPipeline:
             chunks = chunks.reshape(len(voice_seeds), layout.n_chunks, 1, layout.chunk)
         prints = None
         if self.model.summary is not None and self.model.summary.renditions is not None:
-            with clock.stage("memorisation"):
+            with clock.stage("memorization"):
                 prints = torch.cat([window_fingerprints(part.cpu()) for part in audio.split(FINGERPRINT_GROUP)])
                 prints = prints.reshape(len(voice_seeds), layout.n_chunks, -1)
         with clock.stage("dsp"):

@@ -120,7 +120,7 @@ def translate_error(error: BaseException, schema: type, overrides: Sequence[str]
 
 @dataclass(frozen=True)
 class Composer:
-    """Composes configs while Hydra is initialised by `composing`; raises one-line ConfigErrors."""
+    """Composes configs while Hydra is initialized by `composing`; raises one-line ConfigErrors."""
 
     extra: tuple[str, ...] = ()  # the search-path override of --config-dir
 
@@ -135,7 +135,7 @@ class Composer:
 
 @contextmanager
 def composing(config_name: str, config_dir: str | Path | None = None) -> Iterator[Composer]:
-    """Hydra initialised to find conf/ and, with `--config-dir`, that folder first (as Hydra
+    """Hydra initialized to find conf/ and, with `--config-dir`, that folder first (as Hydra
     does: its configs override conf/'s). The primary config is looked up where it lives."""
     register_configs()
     if config_dir is None:

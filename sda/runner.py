@@ -22,9 +22,9 @@
   started, but the writes already started are finished first; the outcome records the signal and
   what was done, and is returned as any other (`JobOutcome.interrupted`). A write that fails
   (disk full) ends the job the same way: what was written is recorded, then the error.
-- With `quality.reject_copies=true`, an output the memorisation check finds to be a near copy of
+- With `quality.reject_copies=true`, an output the memorization check finds to be a near copy of
   training audio is written and recorded as "rejected" with the reason, not "done"
-  (sda.memorisation says why it is written); an output already present is judged again from
+  (sda.memorization says why it is written); an output already present is judged again from
   the distance its sidecar records.
 - Progress: a tqdm bar over the items when stderr is a terminal (nothing otherwise, so cron
   mail and log files stay clean), and one log line per file written.
@@ -55,7 +55,7 @@ from sda.errors import CheckpointError, OutputError, SdaError
 from sda.files import write_atomic
 from sda.interruption import Interrupted, deferred
 from sda.locking import folder_lock, holds
-from sda.memorisation import recorded_rejection
+from sda.memorization import recorded_rejection
 from sda.model import LoadedModel, load_model, missing_checkpoint_message, resolve_checkpoint
 from sda.outputs import (
     AUDIO_MISSING,
@@ -89,7 +89,7 @@ ITEM_STATUSES = ("done", "skipped", "failed", "rejected")
 class ItemOutcome:
     seed: int
     identity: str
-    status: str  # "done" | "skipped" | "failed" | "rejected" (a near copy, see sda.memorisation)
+    status: str  # "done" | "skipped" | "failed" | "rejected" (a near copy, see sda.memorization)
     reason: str = ""
     file: str | None = None
     sidecar: str | None = None
@@ -447,7 +447,7 @@ class _Job:
         self.progress: Any = None
         self.render_s = 0.0
         self.stages_s = dict.fromkeys(STAGES, 0.0)
-        # seed -> why the memorisation check rejects its output (quality.reject_copies)
+        # seed -> why the memorization check rejects its output (quality.reject_copies)
         self.rejections: dict[int, str] = {}
 
     def render_batch(self, batch: list[int]) -> None:
@@ -469,7 +469,7 @@ class _Job:
                 if not self._set_aside_broken(result.seed, identity):
                     self.progress.update(1)
                     continue
-            check = result.memorisation
+            check = result.memorization
             if check is not None and check.rejected:
                 self.rejections[result.seed] = check.verdict
             self.pool.make_room(result.audio.nbytes)  # back-pressure: interruptible

@@ -32,7 +32,7 @@ class Sealed:
         object.__setattr__(self, "_sealed", True)
 
     def validate(self) -> None:
-        """Range checks; raise ConfigError naming the full key. May normalise fields (lists to
+        """Range checks; raise ConfigError naming the full key. May normalize fields (lists to
         tuples) with `object.__setattr__`, as the object is not sealed yet."""
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 and tests call, built from a `TrainState` and short steps (prepare the data, one epoch, validate,
 decide whether to stop).
 
-Objective per window: squared error of the normalised log-mel, summed over the window, plus
+Objective per window: squared error of the normalized log-mel, summed over the window, plus
 beta * KL(q(z|x) || N(0, I)). KL warm-up ramps beta from 0 over `kl_warmup_epochs` so the decoder
 learns to use the latents before they are pulled to the prior; free bits (a floor of `free_bits`
 nats per latent dimension, on the batch-averaged KL) keep dimensions from collapsing at once.
@@ -13,8 +13,8 @@ Early stopping watches the validation loss (full beta) once warm-up is over.
 
 Randomness comes from generators made from `seed`: `sampling`, always on the CPU, draws the
 window order and the augmentation (so an epoch's windows are the same on any device), and
-`noise`, on the training device, draws the reparameterisation noise (on the CPU the two are one
-generator; see `make_generators`). Parameter initialisation
+`noise`, on the training device, draws the reparameterization noise (on the CPU the two are one
+generator; see `make_generators`). Parameter initialization
 draws from torch's global generator, seeded with `seed` inside `fork_rng` (torch's layers take
 no generator), which leaves the caller's global state as it was. On CUDA, cuDNN is held to its
 deterministic kernels while training. So a seed gives the same weights run after run on one kind
@@ -326,7 +326,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
     sampling: torch.Generator  # CPU: window order and augmentation
-    noise: torch.Generator  # the training device: reparameterisation noise
+    noise: torch.Generator  # the training device: reparameterization noise
     dataset_hash: str = ""  # the training data's content hash, once `use_data` has seen it
     history: list[EpochRecord] = field(default_factory=list)
     best: BestWeights = field(default_factory=BestWeights)
@@ -337,7 +337,7 @@ class TrainState:
 
     @classmethod
     def start(cls, cfg: TrainConfig, device: torch.device) -> TrainState:
-        """A fresh run: initial weights from `seed`; the normalisation waits for `use_data`."""
+        """A fresh run: initial weights from `seed`; the normalization waits for `use_data`."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = MelVAE(cfg.spectrogram, cfg.model).to(device)
@@ -349,7 +349,7 @@ class TrainState:
         return cls(RunKey.of(cfg, device), model, optimizer, scheduler, sampling, noise)
 
     def use_data(self, data: TrainingData, cfg: TrainConfig) -> None:
-        """A fresh run takes its normalisation (per-mel-bin statistics) from the training windows;
+        """A fresh run takes its normalization (per-mel-bin statistics) from the training windows;
         a resumed one checks that the data is the interrupted run's."""
         content_hash = data.dataset.fingerprint.content_hash
         if self.dataset_hash:
@@ -363,7 +363,7 @@ class TrainState:
         statistics = mel_statistics(
             data.train_clips, cfg.spectrogram, data.hop_samples, cfg.dataset.silence_dbfs, device
         )
-        self.model.set_normalisation(*statistics)
+        self.model.set_normalization(*statistics)
         self.dataset_hash = content_hash
 
     def save(self, path: Path) -> None:
@@ -450,7 +450,7 @@ def _loss_terms(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(reconstruction per window [B], KL per dimension [B, D], mu [B, D], spectral convergence [B]).
 
-    The reconstruction is the squared error of the normalised log-mel plus `spectral_weight`
+    The reconstruction is the squared error of the normalized log-mel plus `spectral_weight`
     times the spectral convergence of the mel magnitudes: the log error alone weights quiet
     bins like loud ones and barely punishes a smeared partial, which is what the ear (and
     spectral convergence after phase reconstruction) notices most. With `sample`, latents are
@@ -459,8 +459,8 @@ def _loss_terms(
         recon, mu, logvar = model(log_mels, generator=generator)
     else:
         mu, logvar = model.encode(log_mels)
-        recon = model.decode_normalised(mu)
-    target = model.normalise(log_mels)
+        recon = model.decode_normalized(mu)
+    target = model.normalize(log_mels)
     reconstruction = (recon - target).pow(2).flatten(1).sum(dim=1)
     decoded_mel = torch.expm1((recon * model.mel_std + model.mel_mean).clamp(min=0.0))
     target_mel = torch.expm1(log_mels)
@@ -646,14 +646,14 @@ def train_model(
     with deterministic_kernels(device):
         stopped_because = _run_epochs(state, data, cfg, paths, session, on_epoch, show_progress)
         record = _finish(state, data, cfg, session, stopped_because, command, device)
-    summary = summarise_training_windows(state.model, data, cfg, device)
+    summary = summarize_training_windows(state.model, data, cfg, device)
     save_checkpoint(state.model, record.to_dict(), paths.model, replace=cfg.overwrite, summary=summary)
     read_checkpoint(paths.model)  # what we wrote must load
     shutil.rmtree(paths.state_dir, ignore_errors=True)
     return TrainingResult(model_path=paths.model, record=record)
 
 
-def summarise_training_windows(
+def summarize_training_windows(
     model: MelVAE, data: TrainingData, cfg: TrainConfig, device: torch.device
 ) -> TrainingSummary:
     """The checkpoint's training summary (sda.training_summary) from the final weights; windows

@@ -84,7 +84,7 @@ class MachineRecord:
 
 @dataclass(frozen=True)
 class TrainingRecord:
-    """The run that made a model. Losses are per window: squared error of the normalised log-mel
+    """The run that made a model. Losses are per window: squared error of the normalized log-mel
     summed over the window, plus beta times the KL (see `sda.training`)."""
 
     dataset: DatasetRecord = field(default_factory=DatasetRecord)

@@ -3,15 +3,15 @@ format 2), each window with the file and the time it came from:
 
 - `latents`: each training window's posterior mean (`source=corpus` draws from them);
 - `novelty`: the sda.novelty index of the training files, the reference sda.evaluate measures
-  copies against (the memorisation check compares every output with it);
+  copies against (the memorization check compares every output with it);
 - `renditions`: the sda.novelty fingerprint of each training window as the model itself renders
   it (its posterior mean decoded, phase-reconstructed with the default settings). A model that
   replays a training window makes a blurred copy, a few dB from the recording (median 2.5 dB on
-  the shipped model) but within a hundredth of a dB of this rendition: the memorisation check
+  the shipped model) but within a hundredth of a dB of this rendition: the memorization check
   compares with both.
 
 Made at the end of training, from the training files only: the validation files are audio the
-model never saw, and a copy of them is no memorisation. The windows are the training run's own
+model never saw, and a copy of them is no memorization. The windows are the training run's own
 (`sda.data.windows.window_starts`: the non-silent grid windows, `hop_samples` apart, no
 augmentation). Latents are stored as float16 (128 bytes a window at 64 dimensions), fingerprints
 as float16 (256 bytes a window; the novelty index holds one every 0.25 s): the demo corpus adds
@@ -74,7 +74,7 @@ class TrainingSummary:
         silence_dbfs: float,
         device: torch.device,
     ) -> TrainingSummary:
-        """Summarise `(name, mono audio at settings.sample_rate)` clips: `encode` turns log-mels
+        """Summarize `(name, mono audio at settings.sample_rate)` clips: `encode` turns log-mels
         `[B, n_mels, frames]` into posterior means `[B, D]`, `render` posterior means into audio
         `[B, window_samples]` (see `render_latents`)."""
         window = settings.window_samples
@@ -94,7 +94,7 @@ class TrainingSummary:
                 starts.append(torch.from_numpy(clip_starts).float() / settings.sample_rate)
                 files.append(str(name))
             if not latents:
-                raise ValueError("no training window above the silence threshold: nothing to summarise")
+                raise ValueError("no training window above the silence threshold: nothing to summarize")
             all_latents, all_ids, all_starts = torch.cat(latents), torch.cat(file_ids), torch.cat(starts)
             rendered = torch.cat(
                 [
@@ -125,7 +125,7 @@ class TrainingSummary:
     @classmethod
     def from_state(cls, state: Any, latent_dim: int) -> TrainingSummary:
         """The summary `to_state()` gave; CheckpointError (one line) when it is malformed. Indexes
-        made with other fingerprint settings leave the memorisation check unavailable, not the
+        made with other fingerprint settings leave the memorization check unavailable, not the
         model unusable."""
         if not isinstance(state, dict):
             raise CheckpointError(f"training_summary is a {type(state).__name__}, not a mapping")

@@ -1,4 +1,4 @@
-"""Test helpers: running sda's commands for real, composing configs, synthesising audio files,
+"""Test helpers: running sda's commands for real, composing configs, synthesizing audio files,
 building job folders with the real writers and reading back what the report wrote.
 
 Imported by test modules as `from tests.helpers import ...`; fixtures live in conftest.py.

@@ -1,4 +1,4 @@
-"""`python -m sda.corpora`: the development corpora, from a synthesised stand-in for sonic-pi-samples."""
+"""`python -m sda.corpora`: the development corpora, from a synthesized stand-in for sonic-pi-samples."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sda.encode import encode_audio, quantise
+from sda.encode import encode_audio, quantize
 from tests.helpers import CEILING, FORMATS
 
 FORMAT_IDS = [f"{f}{d}" for f, d, _, _ in FORMATS]
@@ -75,7 +75,7 @@ def test_the_recorded_peak_is_exactly_what_a_reader_decodes(format, bit_depth, l
 
 
 # --------------------------------------------------------------------------------------------
-# Quantisation
+# Quantization
 
 
 def test_16_bit_has_tpdf_dither_whose_error_does_not_depend_on_the_signal():
@@ -143,11 +143,11 @@ def test_long_stereo_ogg_encodes_and_decodes_to_every_frame():
 
 
 def test_24_bit_integers_of_float32_audio_are_those_of_its_float64_values():
-    """float32 audio is quantised to 24 bits in float32 (exact: a power-of-two scale, then
+    """float32 audio is quantized to 24 bits in float32 (exact: a power-of-two scale, then
     rounding to an integer); the integers must be those the float64 path gives."""
     g = np.random.default_rng(3)
     lsb = 2.0**-23
     halves = (np.arange(-2000, 2000) + 0.5) * lsb  # exactly half-way between two steps
     audio = np.concatenate([g.uniform(-1.2, 1.2, 50_000), halves, [0.0, -0.0, 1.0, -1.0, 1e-30, lsb / 3]])
     audio = np.stack([audio, audio[::-1]]).astype(np.float32)
-    assert np.array_equal(quantise(audio, 24, -1.0, 0), quantise(audio.astype(np.float64), 24, -1.0, 0))
+    assert np.array_equal(quantize(audio, 24, -1.0, 0), quantize(audio.astype(np.float64), 24, -1.0, 0))

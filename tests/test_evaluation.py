@@ -103,7 +103,7 @@ def test_modulation_features_see_the_rate_of_an_amplitude_modulation():
 
 def test_evaluate_command_places_the_model_between_noise_and_held_out_audio_and_copies_are_caught(tmp_path: Path):
     out = tmp_path / "evaluation.json"
-    corpus = tmp_path / "demo_corpus"  # synthesised by the command: same content as the training corpus
+    corpus = tmp_path / "demo_corpus"  # synthesized by the command: same content as the training corpus
     done = run_sda(
         "evaluate",
         "generated_clips=8",
@@ -136,7 +136,7 @@ def test_evaluate_command_places_the_model_between_noise_and_held_out_audio_and_
     noise, floor, model = (figures[s]["frechet_distance"] for s in ("shaped_noise", "held_out", "model"))
     assert report["summary"]["frechet_gap_closed"] == pytest.approx((noise - model) / (noise - floor))
 
-    # memorisation cannot pass for quality: playback is caught, new real audio is not a copy
+    # memorization cannot pass for quality: playback is caught, new real audio is not a copy
     assert figures["copy"]["nearest_training_db"] <= NEAR_COPY_DB and figures["copy"]["near_copy_share"] == 1.0
     assert figures["held_out"]["nearest_training_db"] > 2 * NEAR_COPY_DB
     reference_files = set(report["split"]["reference_files"])

@@ -93,9 +93,9 @@ def test_an_error_inside_the_writer_function_is_raised_as_it_is_and_leaves_nothi
 
     def fails_half_way(handle):
         handle.write(b"half a checkpoint")
-        raise ValueError("cannot serialise this object")
+        raise ValueError("cannot serialize this object")
 
-    with pytest.raises(ValueError, match="cannot serialise"):  # the real error, not a file-system one
+    with pytest.raises(ValueError, match="cannot serialize"):  # the real error, not a file-system one
         write_atomic(target, fails_half_way, replace=True)
     assert target.read_bytes() == b"the good model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

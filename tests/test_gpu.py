@@ -154,8 +154,8 @@ def test_cuda_render_from_a_source_is_near_the_cpu_render_and_judged_alike(model
         peak, lsd = difference(gpu.audio, cpu.audio)
         report(f"cuda against cpu, source={source} {chunking} dual_seed seed {gpu.seed}", peak, lsd)
         assert peak <= GPU_VS_CPU_PEAK_DBFS and lsd <= GPU_VS_CPU_LSD_DB
-        assert gpu.memorisation.near_copy == cpu.memorisation.near_copy
-        assert abs(gpu.memorisation.nearest.distance_db - cpu.memorisation.nearest.distance_db) < 0.5
+        assert gpu.memorization.near_copy == cpu.memorization.near_copy
+        assert abs(gpu.memorization.nearest.distance_db - cpu.memorization.nearest.distance_db) < 0.5
 
 
 @pytest.mark.parametrize(

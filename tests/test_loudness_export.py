@@ -99,7 +99,7 @@ def test_one_shots_are_levelled_over_their_own_length(shipped, tmp_path):
         assert 20 * math.log10(true_peak(audio)) <= -1.0
 
 
-def test_peak_normalisation_is_the_default_and_adds_nothing_to_an_identity():
+def test_peak_normalization_is_the_default_and_adds_nothing_to_an_identity():
     peak = compose_run()
     assert peak.export.normalize == Normalize.peak
     assert "normalize" not in peak.generation_fields()["export"]
@@ -113,7 +113,7 @@ def test_peak_normalisation_is_the_default_and_adds_nothing_to_an_identity():
     )
 
 
-def test_every_peak_normalised_sidecar_records_loudness_and_true_peak(shipped, tmp_path):
+def test_every_peak_normalized_sidecar_records_loudness_and_true_peak(shipped, tmp_path):
     config = GenerationConfig(duration_s=1.0, device="cpu", phase=PhaseConfig(iterations=4))
     [result] = GenerationPipeline(shipped, config).generate([2])
     saved = save_result(result, tmp_path)

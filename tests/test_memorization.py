@@ -1,4 +1,4 @@
-"""The memorisation check of every output (sda.memorisation): what a checkpoint keeps of its
+"""The memorization check of every output (sda.memorization): what a checkpoint keeps of its
 training windows, playback and replay found, the prior spared, the verdict in the rating, the
 sidecar, the job's outcome and the report, and a format-1 checkpoint still rendering."""
 
@@ -18,7 +18,7 @@ from sda.data.folder import load_audio_folder
 from sda.data.windows import split_by_file
 from sda.dsp.spectrogram import SpectrogramSettings, log_mel
 from sda.errors import ConfigError
-from sda.memorisation import check_output
+from sda.memorization import check_output
 from sda.model import MelVAE, ModelHyperparameters, checkpoint_record
 from sda.novelty import NEAR_COPY_DB
 from sda.outputs import save_result, verify_output
@@ -42,7 +42,7 @@ def shipped():
 @pytest.fixture(scope="module")
 def tiny_trained(tiny_dataset: Path, tmp_path_factory):
     """A tiny model trained for one epoch on the tiny dataset: its checkpoint's training summary."""
-    models = tmp_path_factory.mktemp("memorisation_models")
+    models = tmp_path_factory.mktemp("memorization_models")
     overrides = [f"dataset.path={tiny_dataset}", "name=tiny", f"models_dir={models}", "max_epochs=1", "device=cpu"]
     cfg = to_train_config(compose_config("train", [*overrides, *TINY_MODEL], TrainConfig))
     result = train_model(cfg, show_progress=False)
@@ -93,15 +93,15 @@ def test_corpus_replays_are_flagged_as_near_copies_and_prior_renders_are_not(shi
     replays = render(shipped, [0, 1, 2, 3], duration_s=2.0, source=CorpusSource(spread=0.0))
     priors = render(shipped, [0, 1, 2, 3], duration_s=2.0)
     for replay in replays:
-        check = replay.memorisation
+        check = replay.memorization
         assert check.near_copy and check.model_rendition.distance_db < 0.05, check.to_dict()
         assert replay.metrics.rating == "red" and replay.metrics.rating_reason.startswith("near copy of ")
         # the recording itself lies further: the model's memory is blurred (the reason for renditions)
         assert check.training_audio.distance_db > check.model_rendition.distance_db
     for prior in priors:
-        assert not prior.memorisation.near_copy and prior.memorisation.nearest.distance_db > 1.0
+        assert not prior.memorization.near_copy and prior.memorization.nearest.distance_db > 1.0
         assert not prior.metrics.rating_reason.startswith("near copy")
-    record = save_result(replays[0], tmp_path).record["memorisation"]
+    record = save_result(replays[0], tmp_path).record["memorization"]
     assert record["status"] == "checked" and record["near_copy"] and not record["rejected"]
     assert record["reference"] == "model_rendition" and record["file"] in shipped.summary.files
     assert record["distance_db"] == record["model_rendition"]["distance_db"]
@@ -124,7 +124,7 @@ def test_rejected_copies_are_written_recorded_as_rejected_and_judged_again_on_re
     for item in outcome.items:
         assert item.reason.startswith("near copy of ")
         check = verify_output(folder / item.sidecar)
-        assert check.ok and check.record["memorisation"]["rejected"], "written and complete, never lost"
+        assert check.ok and check.record["memorization"]["rejected"], "written and complete, never lost"
     counts = summarize(folder, False, "t", 1)
     assert (counts["done"], counts["rejected"], counts["ok"]) == (0, 2, True)
 
@@ -154,7 +154,7 @@ def test_a_format_1_checkpoint_renders_with_the_check_unavailable_and_refuses_co
     torch.save(record, tmp_path / "old.pt")
     old = load_model(tmp_path / "old.pt", "cpu")
     [result] = render(old, [0], duration_s=0.5, phase=PhaseConfig(iterations=1))
-    saved = save_result(result, tmp_path / "out").record["memorisation"]
+    saved = save_result(result, tmp_path / "out").record["memorization"]
     assert saved["status"] == "unavailable" and "format 1" in saved["reason"] and saved["distance_db"] is None
     with pytest.raises(ConfigError, match=r"^source='corpus' is not allowed: a model that keeps its training windows"):
         render(old, [0], duration_s=0.5, source=CorpusSource())

@@ -1,4 +1,4 @@
-"""sda.novelty: the nearest training window of a clip, on synthesised audio."""
+"""sda.novelty: the nearest training window of a clip, on synthesized audio."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A sample library from a folder of one-shots: a tiny model trained here on synthesised hits of
+"""A sample library from a folder of one-shots: a tiny model trained here on synthesized hits of
 50 to 150 ms (decaying tones, noise bursts, clicks), its one-shots measured (onset, peak, end),
 and the evaluation of a one-shot corpus made over its hits."""
 
@@ -48,7 +48,7 @@ TRAIN = [
 ]
 
 
-def synthesised_hit(kind: str, seconds: float, seed: int) -> np.ndarray:
+def synthesized_hit(kind: str, seconds: float, seed: int) -> np.ndarray:
     """A percussive hit: an instant attack, then a decay to silence within `seconds`."""
     rng = np.random.default_rng(seed)
     t = np.arange(round(seconds * RATE)) / RATE
@@ -72,13 +72,13 @@ class Lines(logging.Handler):
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> dict:
-    """A folder of 12 synthesised hits and one silent file, and a tiny model trained on it."""
+    """A folder of 12 synthesized hits and one silent file, and a tiny model trained on it."""
     root = tmp_path_factory.mktemp("one_shots")
     folder = root / "hits"
     folder.mkdir()
     for i in range(FILES):
         kind, seconds = KINDS[i % len(KINDS)], HIT_SECONDS[i % len(HIT_SECONDS)]
-        sf.write(folder / f"{kind}_{i:02d}.wav", synthesised_hit(kind, seconds, i), RATE, subtype="FLOAT")
+        sf.write(folder / f"{kind}_{i:02d}.wav", synthesized_hit(kind, seconds, i), RATE, subtype="FLOAT")
     sf.write(folder / "room_tone.wav", np.full(2400, 1e-4, np.float32), RATE, subtype="FLOAT")
     config = to_train_config(
         compose_config("train", [f"dataset.path={folder}", "name=hits", "models_dir=models", *TRAIN], TrainConfig)

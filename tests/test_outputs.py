@@ -111,7 +111,7 @@ def test_each_format_reads_back_with_its_rate_channels_subtype_frames_and_tags(
         assert handle.software.startswith(f"sda {sda_version()}")
     decoded, rate = sf.read(saved.audio_path, dtype="float64", always_2d=True)
     assert rate == 44100 and decoded.shape == (round(0.5 * 44100), 2)
-    if format != "ogg":  # lossless: the samples come back to within the quantisation step
+    if format != "ogg":  # lossless: the samples come back to within the quantization step
         step = 2.0 ** -(bit_depth - 1) if bit_depth < 32 else 1e-7
         assert np.abs(decoded.T - result.audio).max() <= 1.5 * step
     else:

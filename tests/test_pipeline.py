@@ -52,7 +52,7 @@ def tiny() -> LoadedModel:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         vae = MelVAE(SpectrogramSettings(), ModelHyperparameters(latent_dim=8, channels=(4, 8, 8)))
-    vae.set_normalisation(torch.full((vae.n_mels,), 2.0), torch.ones(vae.n_mels))
+    vae.set_normalization(torch.full((vae.n_mels,), 2.0), torch.ones(vae.n_mels))
     vae.eval().requires_grad_(False)
     return LoadedModel(vae=vae, path=Path("tiny.pt"), name="tiny", sha256="0" * 64)
 
@@ -134,7 +134,7 @@ def test_same_seed_gives_bit_identical_audio_and_file_bytes_whatever_the_global_
 
 def test_longer_render_of_a_seed_starts_like_the_shorter_one(tiny):
     """Latents are drawn in order from the seed's own generator: a 2.5 s render's first chunk is
-    the 1 s render's first chunk (up to the peak-normalisation gain)."""
+    the 1 s render's first chunk (up to the peak-normalization gain)."""
     short = GenerationPipeline(tiny, make_config(duration_s=1.0, iterations=8)).generate([3])[0].audio[0]
     long = GenerationPipeline(tiny, make_config(duration_s=2.5, iterations=8)).generate([3])[0].audio[0]
     head = slice(0, 43200 - 200)  # first chunk, before its crossfade and the anti-alias filter's reach

@@ -1,8 +1,8 @@
 """Outputs that start from the user's own sounds (sda.sources), measured on real audio: a file
-resynthesised through the model, spread walking away from it towards the prior, a morph from one
+resynthesized through the model, spread walking away from it towards the prior, a morph from one
 file to another, every chunking and stereo mode, and the prior left exactly as it was.
 
-Source files are synthesised here: a drone (196 Hz harmonics, slow vibrato and swell; 44.1 kHz
+Source files are synthesized here: a drone (196 Hz harmonics, slow vibrato and swell; 44.1 kHz
 stereo, so reading, mixing and resampling are exercised) and a hiss (noise shaped around 6 kHz).
 The shipped model never saw either."""
 
@@ -80,7 +80,7 @@ def source_audio(path: Path) -> torch.Tensor:
 
 def log_mel_l1(audio: np.ndarray | torch.Tensor, reference: torch.Tensor, settings) -> float:
     """Log-mel L1 of mono `audio` against `reference` over their common length, `audio` first
-    scaled to the reference's RMS (outputs are peak-normalised, and log1p depends on level)."""
+    scaled to the reference's RMS (outputs are peak-normalized, and log1p depends on level)."""
     audio = torch.as_tensor(audio).float()
     n = min(audio.shape[-1], reference.shape[-1])
     a, r = audio[..., :n], reference[..., :n]
@@ -112,7 +112,7 @@ def reconstruction_l1_as_audio(model, windows: torch.Tensor, phase: PhaseConfig)
 
 
 @pytest.mark.parametrize("name", ["drone", "hiss"])
-def test_file_source_at_spread_0_resynthesises_the_file_as_closely_as_the_model_reconstructs_it(shipped, files, name):
+def test_file_source_at_spread_0_resynthesizes_the_file_as_closely_as_the_model_reconstructs_it(shipped, files, name):
     source = source_audio(files[name])
     [result] = render(shipped, [0], duration_s=SOURCE_S, source=FileSource(path=str(files[name])))
     windows = evaluation_windows(source)

@@ -420,14 +420,14 @@ class PhaseConfig(Sealed):
 
 @dataclass(unsafe_hash=True)
 class QualityConfig(Sealed):
-    """The memorisation check's verdict on every output (nothing here changes the audio).
+    """The memorization check's verdict on every output (nothing here changes the audio).
 
     An output whose nearest training window (sda.novelty, in dB) lies nearer than `min_novelty`
     is rated red ("near copy of FILE at T s"); with `reject_copies` it is also recorded as
-    rejected instead of done (the file is still written: see sda.memorisation)."""
+    rejected instead of done (the file is still written: see sda.memorization)."""
 
     KEY: ClassVar[str] = "quality"
-    min_novelty: float = NEAR_COPY_DB  # dB; why this default: sda.memorisation
+    min_novelty: float = NEAR_COPY_DB  # dB; why this default: sda.memorization
     reject_copies: bool = False
 
     def validate(self) -> None:

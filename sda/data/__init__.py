@@ -1,2 +1,2 @@
 """Training data: a folder of audio as mono clips, training windows with augmentation, and the
-synthesised demo corpus."""
+synthesized demo corpus."""

@@ -1,12 +1,12 @@
-"""The demo corpus: six families of synthesised sounds, bit-identical for a seed.
+"""The demo corpus: six families of synthesized sounds, bit-identical for a seed.
 
 Files are `{family}_{index:02d}.wav`, 24-bit PCM, 2 to 6 s each, faded in and out over 5 ms,
-peak-normalised to a level drawn in [-12, -1] dBFS. Clip 1 of each family is stereo (a panned,
+peak-normalized to a level drawn in [-12, -1] dBFS. Clip 1 of each family is stereo (a panned,
 slightly delayed pair) so that loading exercises downmixing; the rest are mono. `corpus.json`
 beside them records the version, seed and every file's sha256.
 
 Every clip draws from its own generator, PCG64 seeded with (seed, family, index), so one clip
-never depends on how many others are made. All synthesis is vectorised numpy; the only Python
+never depends on how many others are made. All synthesis is vectorized numpy; the only Python
 loop over time is Karplus-Strong's, and that steps one string period at a time.
 """
 
@@ -94,7 +94,7 @@ def synthesize_demo_corpus(
 
 
 def ensure_demo_corpus(folder: Path, seed: int = 0) -> list[Path]:
-    """The default corpus's clip paths in `folder`, synthesising it only when `corpus.json` is
+    """The default corpus's clip paths in `folder`, synthesizing it only when `corpus.json` is
     missing or disagrees with the seed, the version or any file's sha256. Raises DatasetError
     when the folder cannot be written."""
     folder = Path(folder)
@@ -157,7 +157,7 @@ def _check_whole(name: str, value: int, minimum: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Synthesis. Each family function takes (generator, samples, sample_rate) and returns float64
-# mono `[samples]` at any level; synthesize_clip fades, pans and normalises.
+# mono `[samples]` at any level; synthesize_clip fades, pans and normalizes.
 
 
 def synthesize_clip(family: str, index: int, seed: int = 0, sample_rate: int = DEFAULT_SAMPLE_RATE) -> np.ndarray:
@@ -245,7 +245,7 @@ def _struck(rng: np.random.Generator, samples: int, sample_rate: int) -> np.ndar
 
 def _plucked(rng: np.random.Generator, samples: int, sample_rate: int) -> np.ndarray:
     """Karplus-Strong strings, 1-4 plucks: a noise burst shaped by the pick position circulates in
-    a one-period delay line with a two-tap averaging loss filter. Vectorised over one period:
+    a one-period delay line with a two-tap averaging loss filter. Vectorized over one period:
     each new period depends only on the previous one (and its last sample)."""
     root_hz = _log_uniform(rng, 80.0, 330.0)
     intervals = np.array([1.0, 9 / 8, 5 / 4, 4 / 3, 3 / 2, 5 / 3, 2.0])

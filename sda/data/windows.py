@@ -15,7 +15,7 @@ Augmentation, for datasets of a few minutes where every window is seen hundreds 
 
 - Start jitter. Each epoch a window starts anywhere within ±hop/2 of its grid position (clamped
   to the clip). Without it the model sees the same few hundred frames-to-window alignments every
-  epoch and memorises them; with it every epoch brings new alignments at no cost in realism.
+  epoch and memorizes them; with it every epoch brings new alignments at no cost in realism.
 - Random gain, uniform in ±`gain_db`. The model's input is log1p(mel magnitude), which is close
   to linear for quiet bins and logarithmic for loud ones, so a level change changes the *shape*
   of the input, not just an offset. Recordings arrive at arbitrary levels; gain teaches the model

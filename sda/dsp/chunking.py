@@ -1,5 +1,5 @@
 """Joining pieces into long outputs: latent paths between anchors (slerp), equal-power crossfades
-of audio chunks, and normalised overlap-add of spectrogram windows; and the layouts of the three
+of audio chunks, and normalized overlap-add of spectrogram windows; and the layouts of the three
 chunking modes (crossfade, latent_interp, oneshot).
 
 Shapes are stated per function; everything is batched over the leading dims with tensor ops.

@@ -135,7 +135,7 @@ def anti_alias(
     padded = torch.nn.functional.pad(flat, (half, half), mode=pad_mode)
     # Overlap-save in segments of SEGMENT_SAMPLES outputs, so a 600 s render never holds its whole
     # spectrum. On a CPU the work is float64 whatever the input: the batched FFT's rounding depends
-    # on the batch size (its vectorised paths differ), and float64 results rounded back to float32
+    # on the batch size (its vectorized paths differ), and float64 results rounded back to float32
     # do not, so an item filters to the same samples alone or in a batch. A GPU promises batch
     # invariance within a bound only (sda.numerics.GPU_BATCH, -60 dBFS), and float32 stays within
     # -120 dBFS of float64 here (tests/dsp/test_filters.py): float32 there, half the memory traffic.

@@ -1,10 +1,10 @@
 """The finishing chain: mono voices at the internal rate in, delivered audio out.
 
-    anti-alias -> stereo -> peak normalise -> resample (once, to the output rate)
+    anti-alias -> stereo -> peak normalize -> resample (once, to the output rate)
     -> [one-shots: trim the silent tail, fade to zero] -> level -> ceiling -> exact length
 
 The level is set by `normalize`: "peak" puts every item's sample peak at `peak_dbfs` (the chain
-as it always was: a peak normalisation again at the output rate, then the ceiling); "loudness"
+as it always was: a peak normalization again at the output rate, then the ceiling); "loudness"
 puts its BS.1770 integrated loudness at `loudness_lufs` with its true peak at most
 `true_peak_dbtp` (sda.dsp.loudness), and returns what it did to each item (its gain, and by how
 many LU an item held back by that ceiling stayed short).
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sda.dsp.filters import anti_alias
-from sda.dsp.loudness import Levels, LoudnessNormalisation, normalize_loudness
+from sda.dsp.loudness import Levels, LoudnessNormalization, normalize_loudness
 from sda.dsp.normalize import OUTPUT_PEAK_DBFS, enforce_ceiling, peak_normalize
 from sda.dsp.resample import resample
 from sda.dsp.stereo import join_dual_seed, mid_side_widen
@@ -70,13 +70,13 @@ class FinishSettings:
 @dataclass(frozen=True)
 class ItemLevel:
     """One delivered item's level: its measured loudness and true peak, and, under
-    normalize="loudness", what the normalisation did (None under "peak")."""
+    normalize="loudness", what the normalization did (None under "peak")."""
 
     levels: Levels
-    loudness: LoudnessNormalisation | None = None
+    loudness: LoudnessNormalization | None = None
 
     def to_dict(self) -> dict[str, float | bool | None]:
-        """Plain data: `integrated_lufs`, `true_peak_dbtp`, and under loudness normalisation
+        """Plain data: `integrated_lufs`, `true_peak_dbtp`, and under loudness normalization
         `gain_db`, `shortfall_lu` and `reached` (False when the true-peak ceiling held it back)."""
         data: dict[str, float | bool | None] = {
             "integrated_lufs": self.levels.integrated_lufs,
@@ -93,11 +93,11 @@ class ItemLevel:
 @dataclass(frozen=True)
 class Finished:
     """The chain's output: `audio` `[items, channels, max(frames)]`, each item's length in
-    `frames`, and, under normalize="loudness", what the normalisation did to each item."""
+    `frames`, and, under normalize="loudness", what the normalization did to each item."""
 
     audio: torch.Tensor
     frames: list[int]
-    loudness: list[LoudnessNormalisation | None] = field(default_factory=list)
+    loudness: list[LoudnessNormalization | None] = field(default_factory=list)
 
     def item(self, index: int) -> torch.Tensor:
         """Item `index` `[channels, frames]`, its own length."""
@@ -121,7 +121,7 @@ def finish(voices: torch.Tensor, sample_rate: int, settings: FinishSettings, fra
         audio = voices
     audio, _ = peak_normalize(audio, settings.peak_dbfs)
     audio = resample(audio, sample_rate, settings.output_sample_rate)
-    # A peak between the new rate's samples reads lower (or higher) after resampling: normalise
+    # A peak between the new rate's samples reads lower (or higher) after resampling: normalize
     # again at the output rate so every file peaks at exactly the target.
     audio, _ = peak_normalize(audio, settings.peak_dbfs)
     if audio.shape[-1] < frames:
@@ -147,11 +147,11 @@ def _loudness_levelled(audio: torch.Tensor, lengths: list[int], settings: Finish
     """Each item at its loudness target under the true-peak ceiling, measured on its own frames."""
     items, done = [], []
     for i, n in enumerate(lengths):
-        item, normalisation = normalize_loudness(
+        item, normalization = normalize_loudness(
             audio[i, :, :n], settings.output_sample_rate, settings.loudness_lufs, settings.true_peak_dbtp
         )
         items.append(torch.nn.functional.pad(item, (0, audio.shape[-1] - n)))
-        done.append(normalisation)
+        done.append(normalization)
     levelled = torch.stack(items) if items else audio
     # The true peak is at or under the ceiling, so the sample peak is too; this only catches an
     # ulp of float32 rounding.

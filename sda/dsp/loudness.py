@@ -1,4 +1,4 @@
-"""Loudness and true peak of delivered audio, and loudness normalisation under a true-peak ceiling.
+"""Loudness and true peak of delivered audio, and loudness normalization under a true-peak ceiling.
 
 - Integrated loudness: ITU-R BS.1770-4, gated, in LUFS (`sda.dsp.quality.integrated_loudness`:
   K-weighting, 400 ms blocks at 75 % overlap, absolute gate at -70 LUFS, relative gate 10 LU down).
@@ -107,7 +107,7 @@ class Levels:
 
 
 @dataclass(frozen=True)
-class LoudnessNormalisation:
+class LoudnessNormalization:
     """What `normalize_loudness` did to one item: its gain, and its levels after it. `shortfall_lu`:
     by how many LU the item stays under the target because the true-peak ceiling held it back
     (0 when the target was reached; None for silence, which is left alone)."""
@@ -123,12 +123,12 @@ class LoudnessNormalisation:
 
 def normalize_loudness(
     audio: torch.Tensor, sample_rate: int, target_lufs: float, ceiling_dbtp: float
-) -> tuple[torch.Tensor, LoudnessNormalisation]:
+) -> tuple[torch.Tensor, LoudnessNormalization]:
     """One item `[channels, samples]` scaled to `target_lufs`, or to a true peak of `ceiling_dbtp`
     when reaching the target would take it higher. Silence is returned unchanged."""
     before = Levels.of(audio, sample_rate)
     if before.integrated_lufs is None or before.true_peak_dbtp is None:
-        return audio, LoudnessNormalisation(0.0, before, None)
+        return audio, LoudnessNormalization(0.0, before, None)
     wanted_db = target_lufs - before.integrated_lufs
     allowed_db = ceiling_dbtp - before.true_peak_dbtp
     if wanted_db <= allowed_db:
@@ -138,6 +138,6 @@ def normalize_loudness(
         gain_db, shortfall = allowed_db - TRUE_PEAK_MARGIN_DB, wanted_db - allowed_db
     gain = 10.0 ** (gain_db / 20.0)
     levels = Levels(before.integrated_lufs + gain_db, before.true_peak_dbtp + gain_db)
-    return audio * torch.tensor(gain, dtype=audio.dtype, device=audio.device), LoudnessNormalisation(
+    return audio * torch.tensor(gain, dtype=audio.dtype, device=audio.device), LoudnessNormalization(
         gain_db, levels, shortfall
     )

@@ -1,4 +1,4 @@
-"""Levels in dBFS and per-item gain: peak normalisation, and a ceiling that only ever turns down.
+"""Levels in dBFS and per-item gain: peak normalization, and a ceiling that only ever turns down.
 
 Shapes: batches `[batch, channels, samples]` (any leading dims) -> gains `[batch]`. One gain per item
 over all its channels, so stereo balance is kept.

@@ -110,7 +110,7 @@ def locked_phase(magnitude: torch.Tensor, settings: SpectrogramSettings) -> torc
     frequencies) so a 600 s spectrogram does not need gigabytes of per-frame index tensors; the
     result does not depend on the block size.
 
-    Everything is vectorised over frames but the chain itself (each frame's phase is the
+    Everything is vectorized over frames but the chain itself (each frame's phase is the
     previous frame's, gathered and advanced), which is followed frame by frame: in torch on a
     CPU, in one kernel on a GPU (sda.dsp.chain_kernel: the same arithmetic, the same bits).
     A scan over frames would add the advances in another order, and Griffin-Lim turns that

@@ -12,7 +12,7 @@ pins three libraries before their first computation:
   Xeon). COMPATIBLE is the only branch that is the same on Intel and AMD: AVX2 and AVX512 are
   refused on AMD. It costs speed: its float64 matrix products (the decoder) run at about half
   speed (`python -m sda.bench`).
-- ATen's vectorised kernels: `ATEN_CPU_CAPABILITY=avx2` (AVX-512 kernels sum in another order).
+- ATen's vectorized kernels: `ATEN_CPU_CAPABILITY=avx2` (AVX-512 kernels sum in another order).
 - oneDNN's kernels: `ONEDNN_MAX_CPU_ISA=AVX2`.
 
 Each is also written into `os.environ`, so child processes (joblib/loky, submitit,

@@ -77,7 +77,7 @@ KIT_COLUMNS: tuple[KitColumn, ...] = (
     KitColumn("length_ms", "length (ms)", lambda r: None if r.length_s is None else 1000 * r.length_s, 0),
     KitColumn("loudness_lufs", "loudness (LUFS)", lambda r: r.loudness_lufs, 1),
     KitColumn("true_peak_dbtp", "true peak (dBTP)", lambda r: r.true_peak_dbtp, 2),
-    # The memorisation check's distance to the nearest training window, where it was measured.
+    # The memorization check's distance to the nearest training window, where it was measured.
     KitColumn("nearest_training_db", "nearest training window (dB)", lambda r: r.nearest_training_db, 2),
 )
 
@@ -205,8 +205,8 @@ def _nearest_texts(row: ReportRow) -> tuple[str, str]:
     if row.nearest_training_db is not None:
         start = "" if row.nearest_training_start_s is None else f" at {row.nearest_training_start_s:.2f} s"
         return f"{row.nearest_training_db:.2f}", f"{row.nearest_training_file or '?'}{start}"
-    if row.status in VERIFIED and row.memorisation:
-        return row.memorisation.replace("_", " "), ""
+    if row.status in VERIFIED and row.memorization:
+        return row.memorization.replace("_", " "), ""
     return "", ""
 
 

@@ -4,11 +4,11 @@ One row per output found in a job folder (every sidecar, checked with `verify_ou
 `gen_*` audio file without a sidecar), one per output a resume set aside in its `broken/`
 folder, plus one per item that `outcome.json` records as failed. Status: `done` (the audio
 matches its sidecar), `rejected` (it does, but the job recorded it as a near copy of training
-audio: sda.memorisation; the reason says of what), `broken` (it does not, there is no sidecar, or
+audio: sda.memorization; the reason says of what), `broken` (it does not, there is no sidecar, or
 it was set aside; the reason says why) or `failed` (never written; the job's reason). Job-level
 errors (a job that died or could not start) and interruptions are returned as problems. Each
 output's nearest training window (distance in dB, file, start) comes from its sidecar's
-memorisation check.
+memorization check.
 
 In manifest.csv a text cell that a spreadsheet would take for a formula (starting with `=`, `+`,
 `-`, `@`, a tab or a carriage return) gets a leading apostrophe; numbers are written as numbers.
@@ -81,8 +81,8 @@ class ReportRow:
     """One manifest row. Not in the manifest: `audio_exists` (for the page), and `audio_path` and
     `audio_sha256` of a done output (for its picture). `duration_s` is the setting, `length_s`
     the file's own length (a one-shot's is its sound's). `loudness_shortfall_lu`: by how many LU
-    a loudness-normalised output stayed under its target (0 when reached; empty under peak
-    normalisation). A one-shot's picture is a `waveform`, any other output's a `spectrogram`."""
+    a loudness-normalized output stayed under its target (0 when reached; empty under peak
+    normalization). A one-shot's picture is a `waveform`, any other output's a `spectrogram`."""
 
     job: str
     status: str
@@ -111,7 +111,7 @@ class ReportRow:
     nearest_training_db: float | None = None
     nearest_training_file: str | None = None
     nearest_training_start_s: float | None = None
-    memorisation: str | None = None  # the check's status: checked, unavailable, no_window
+    memorization: str | None = None  # the check's status: checked, unavailable, no_window
     spectrogram: str = ""
     waveform: str = ""
     audio_exists: bool = False
@@ -232,10 +232,10 @@ def _fill_from_record(row: ReportRow, record: dict[str, Any]) -> None:
         row.length_s = row.frames / row.sample_rate
     row.rating = _as_str(_get(record, "quality", "rating"))
     row.rating_reason = _as_str(_get(record, "quality", "rating_reason"))
-    row.memorisation = _as_str(_get(record, "memorisation", "status"))
-    row.nearest_training_db = _as_float(_get(record, "memorisation", "distance_db"))
-    row.nearest_training_file = _as_str(_get(record, "memorisation", "file"))
-    row.nearest_training_start_s = _as_float(_get(record, "memorisation", "start_s"))
+    row.memorization = _as_str(_get(record, "memorization", "status"))
+    row.nearest_training_db = _as_float(_get(record, "memorization", "distance_db"))
+    row.nearest_training_file = _as_str(_get(record, "memorization", "file"))
+    row.nearest_training_start_s = _as_float(_get(record, "memorization", "start_s"))
 
 
 def _job_config(outcome: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -305,7 +305,7 @@ def _output_rows(
                 row.peak_dbfs = row.rms_dbfs = row.loudness_lufs = row.rating = row.rating_reason = None
                 row.true_peak_dbtp = row.loudness_shortfall_lu = None
                 row.nearest_training_db = row.nearest_training_file = row.nearest_training_start_s = None
-                row.memorisation = None
+                row.memorization = None
         if check.audio_path is not None:
             named.add(check.audio_path.name)
             row.file = relative_to(check.audio_path, folder)

@@ -166,7 +166,7 @@ def test_ensure_repairs_a_deleted_and_a_corrupted_clip_and_rewrites_only_those(c
     assert changed == {"drone_03.wav", "fm_02.wav", MANIFEST_NAME}
 
 
-def test_ensure_resynthesises_for_another_seed(corpus_copy):
+def test_ensure_resynthesizes_for_another_seed(corpus_copy):
     old = {p.name: sha256(p) for p in corpus_copy.glob("*.wav")}
     ensure_demo_corpus(corpus_copy, seed=1)
     manifest = json.loads((corpus_copy / MANIFEST_NAME).read_text())

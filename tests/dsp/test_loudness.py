@@ -1,5 +1,5 @@
 """Loudness and true peak (sda.dsp.loudness): checked against analytic values and torchaudio's own
-BS.1770 loudness and resampler, and normalisation that reaches its target or stops at the ceiling."""
+BS.1770 loudness and resampler, and normalization that reaches its target or stops at the ceiling."""
 
 import math
 
@@ -80,7 +80,7 @@ def test_a_hit_shorter_than_a_gating_block_is_measured_in_the_400_ms_block_that_
     assert loudness_lufs(torch.zeros(1, 1000), RATE) is None
 
 
-def test_normalisation_reaches_a_reachable_target_exactly():
+def test_normalization_reaches_a_reachable_target_exactly():
     audio = faded(tone(440.0, 2.0, amplitude=0.05))  # about -32 LUFS, peak -26 dBFS
     out, done = normalize_loudness(audio, RATE, -20.0, -1.0)
     assert loudness_lufs(out, RATE) == pytest.approx(-20.0, abs=0.01)

@@ -65,7 +65,7 @@ def test_levels_above_0_dbfs_or_not_finite_raise(level):
         enforce_ceiling(torch.ones(1, 1, 10), level)
 
 
-def test_resampling_a_normalised_square_wave_overshoots_and_enforce_ceiling_brings_it_back():
+def test_resampling_a_normalized_square_wave_overshoots_and_enforce_ceiling_brings_it_back():
     loud, _ = peak_normalize(square_wave(1000.0, 48000)[None, None], -1.0)
     quiet = loud * dbfs_to_amplitude(-20.0)
     resampled = resample(torch.cat([loud, quiet]), SAMPLE_RATE, 44100)

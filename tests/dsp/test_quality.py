@@ -105,7 +105,7 @@ def test_lr_correlation_is_1_for_identical_and_minus_1_for_inverted_channels():
     assert inverted.rating_reason.startswith("mono compatibility: L/R correlation -1.00")
 
 
-def test_nan_input_is_red_not_finite_and_serialises_to_strict_json():
+def test_nan_input_is_red_not_finite_and_serializes_to_strict_json():
     audio = sine(440.0, 1.0)[None].clone()
     audio[0, 1000:1010] = math.nan
     audio[0, 2000] = math.inf
@@ -116,7 +116,7 @@ def test_nan_input_is_red_not_finite_and_serialises_to_strict_json():
     json.dumps(m.to_dict(), allow_nan=False)
 
 
-def test_silence_is_red_and_its_undefined_values_serialise_as_none():
+def test_silence_is_red_and_its_undefined_values_serialize_as_none():
     m = measure_quality(torch.zeros(2, SAMPLE_RATE), SAMPLE_RATE)
     assert m.peak_dbfs == -math.inf and m.rating == "red" and m.rating_reason.startswith("silent: peak")
     d = m.to_dict()

@@ -87,7 +87,7 @@ def test_manifest_has_one_row_per_output_matching_sidecars_and_headers(sweep):
         assert float(row["peak_dbfs"]) == pytest.approx(20 * math.log10(np.abs(decoded).max()), abs=1e-6)
         assert float(row["peak_dbfs"]) <= -1.0 + 1e-9
         # the untrained checkpoint keeps no training windows: the check was unavailable, said so
-        assert record["memorisation"]["status"] == "unavailable" and row["nearest_training_db"] == ""
+        assert record["memorization"]["status"] == "unavailable" and row["nearest_training_db"] == ""
     assert {row["stereo"] for row in done} == {"dual_seed", "mono"}
     assert all(row["right_seed"] for row in done if row["stereo"] == "dual_seed")
 
