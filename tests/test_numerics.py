@@ -19,12 +19,14 @@ import torch
 from sda.config import OPTIONS
 from sda.numerics import (
     ATEN_VARIABLE,
+    GPU_BATCH,
+    GPU_VS_CPU,
     MKL_VARIABLE,
     ONEDNN_OLD_VARIABLE,
     ONEDNN_VARIABLE,
     numerics_status,
 )
-from sda.numerics.__main__ import reference_sha256
+from sda.numerics.__main__ import reference_sha256, rounding_sensitivity
 from tests.helpers import REPO
 
 PIN_VARIABLES = (MKL_VARIABLE, ATEN_VARIABLE, ONEDNN_VARIABLE, ONEDNN_OLD_VARIABLE)
@@ -162,3 +164,16 @@ def test_import_leaves_the_pins_in_the_environment_and_the_status_is_plain_json(
         assert status["mkl_cbwr_branch"] == "COMPATIBLE"
         assert status["aten_cpu_capability"] == "AVX2"
         assert status["onednn_max_cpu_isa"] == "AVX2"
+
+
+def test_a_rounding_step_in_the_spectrograms_stays_within_the_bounds_of_other_devices_and_batches():
+    """The ground of GPU_VS_CPU and GPU_BATCH: what one float32 rounding step does to a render.
+    Seed 0 of latent_interp is the most sensitive of 24 (README, Determinism)."""
+    figures = rounding_sensitivity(4, "cpu")
+    for mode, pairs in figures.items():
+        assert len(pairs) == 4
+        for seed, (peak_dbfs, lsd_db) in enumerate(pairs):
+            # a changed waveform (one rounding step is not nothing) of the same sound
+            assert -90.0 < peak_dbfs <= min(GPU_VS_CPU.peak_dbfs, GPU_BATCH.peak_dbfs), (mode, seed)
+            assert 0.0 < lsd_db <= min(GPU_VS_CPU.lsd_db, GPU_BATCH.lsd_db), (mode, seed)
+    assert max(peak for peak, _ in figures["latent_interp"]) > -30.0  # the bound is not loose by design

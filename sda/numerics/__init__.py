@@ -202,12 +202,18 @@ class Bound:
         return f"peak difference at most {self.peak_dbfs:g} dBFS, log-spectral distance at most {self.lsd_db:g} dB"
 
 
-# The determinism contract's bounds (README, Determinism): the worst figures measured on an H200
-# (torch 2.11.0+cu130, `pytest -m gpu -s tests/test_gpu.py`) with a margin.
-# GPU against CPU, worst measured: -39.0 dBFS, 0.140 dB.
-GPU_VS_CPU = Bound(peak_dbfs=-30.0, lsd_db=0.3)
-# On a GPU, an item alone against in a batch, worst measured: -67.4 dBFS, 0.033 dB.
-GPU_BATCH = Bound(peak_dbfs=-60.0, lsd_db=0.1)
+# The determinism contract's bounds (README, Determinism). Phase reconstruction turns a difference
+# of one float32 rounding step in a spectrogram into another waveform of the same sound: over 24
+# seeds of each chunking mode, `python -m sda.numerics --rounding-sensitivity 24` measured a peak
+# difference of median -52.1 / -49.8 dBFS (crossfade / latent_interp), worst -21.7 dBFS
+# (latent_interp seed 0), and a log-spectral distance of median 0.065 / 0.074 dB, worst 0.42 dB. Another device's or another batch's arithmetic is
+# such a difference, so both bounds rest on that worst case, with a margin.
+# GPU against CPU, worst measured on an H200 (torch 2.11.0+cu130, `pytest -m gpu -s
+# tests/test_gpu.py`): -21.9 dBFS, 0.41 dB (latent_interp seed 0, as above).
+GPU_VS_CPU = Bound(peak_dbfs=-15.0, lsd_db=0.75)
+# On a GPU, an item alone against in a batch, worst measured on the H200: -77.8 dBFS, 0.018 dB;
+# the few values a batch changes are a rounding difference too, so the promise is the same.
+GPU_BATCH = Bound(peak_dbfs=-15.0, lsd_db=0.75)
 
 
 def expected_agreement(original: dict[str, Any] | None, current: dict[str, Any]) -> Bound | None:
