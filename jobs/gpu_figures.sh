@@ -44,7 +44,7 @@ print(f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUD
       f"{len(os.sched_getaffinity(0))} cores, {platform.platform()}")
 EOF
 
-step 150 python -m pytest -q -p no:cacheprovider -m gpu -s tests/test_gpu.py \
+step 150 python -m pytest -o addopts="--strict-markers" -q -p no:cacheprovider -m gpu -s tests/test_gpu.py \
     -k "chain_kernel or metrics_and_report or exact_length or alone_is_near"
 bench=(python -m sda.bench --end-to-end --device cuda --work-dir "$work" --timeout-s 120)
 step 75 "${bench[@]}" --seeds 1024 --duration-s 10 --stereo mono --pipeline-seeds 256 --output bench/gpu-mono.json
