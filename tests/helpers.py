@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -337,3 +338,31 @@ def parse_page(text: str) -> PageParser:
     parser = PageParser()
     parser.feed(text)
     return parser
+
+
+def chromium_dom(url: str, profile: Path, *extra: str) -> str:
+    """The DOM of `url` after a real headless chromium ran its scripts (`extra`: more switches),
+    with a profile folder of its own and no network."""
+    proc = subprocess.run(
+        [
+            shutil.which("chromium") or "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-file-access-from-files",
+            *extra,
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

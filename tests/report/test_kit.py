@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from sda.outputs import save_result
 from sda.report import write_report
 from sda.report.waveform import WAVEFORM_HEIGHT, WAVEFORM_INK, WAVEFORM_SPAN_S, WAVEFORM_WIDTH, waveform_image
 from tests.helpers import (
+    chromium_dom,
     done_item,
     job_folder,
     parse_page,
@@ -89,32 +89,6 @@ def test_the_kit_lists_every_hit_once_with_its_length_loudness_and_true_peak(kit
     assert len(page.images) == 2 * len(HITS) + 1  # each hit's waveform in both tables, one spectrogram
 
 
-def _chromium(url: str, profile: Path) -> str:
-    proc = subprocess.run(
-        [
-            shutil.which("chromium"),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--allow-file-access-from-files",
-            "--autoplay-policy=no-user-gesture-required",
-            "--mute-audio",
-            "--virtual-time-budget=5000",
-            f"--user-data-dir={profile}",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
-
-
 # Loads the report in a frame, clicks the kit's second row and writes what happened into its own
 # page, where --dump-dom shows it.
 HARNESS = """<!DOCTYPE html><html><body><pre id="result"></pre>
@@ -143,7 +117,13 @@ document.getElementById("report").addEventListener("load", function () {
 def test_the_kit_sorts_by_loudness_and_plays_the_hit_clicked_in_a_real_browser(kit, tmp_path):
     harness = kit["folder"] / "harness.html"
     harness.write_text(HARNESS)
-    dom = _chromium(harness.as_uri(), tmp_path / "profile")
+    dom = chromium_dom(
+        harness.as_uri(),
+        tmp_path / "profile",
+        "--autoplay-policy=no-user-gesture-required",
+        "--mute-audio",
+        "--virtual-time-budget=5000",
+    )
     state = json.loads(parse_page(dom).texts["result"])
     assert state["js_rows"] == str(len(HITS)) and state["sorted"] == "-loudness_lufs"
     loudness = [float(v) for v in state["loudness"]]

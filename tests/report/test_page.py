@@ -6,8 +6,6 @@ from __future__ import annotations
 import html
 import re
 import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ import soundfile as sf
 
 from sda.report import write_report
 from sda.runner import ItemOutcome
-from tests.helpers import job_folder, parse_page, read_manifest, write_job_outcome
+from tests.helpers import chromium_dom, job_folder, parse_page, read_manifest, write_job_outcome
 
 
 def test_index_references_every_file_and_needs_no_network(sweep):
@@ -34,32 +32,6 @@ def test_index_references_every_file_and_needs_no_network(sweep):
     assert "http://" not in text and "https://" not in text
 
 
-def _chromium_dump(url: str, profile: Path) -> str:
-    binary = shutil.which("chromium")
-    proc = subprocess.run(
-        [
-            binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--allow-file-access-from-files",
-            f"--user-data-dir={profile}",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
-
-
 @pytest.mark.skipif(
     shutil.which("chromium") is None,
     reason="no chromium binary on PATH (apt-get install chromium) to run the page's script",
@@ -67,7 +39,7 @@ def _chromium_dump(url: str, profile: Path) -> str:
 def test_page_script_runs_in_a_real_browser_and_sorts_by_rating(sweep, tmp_path):
     folder = sweep["folder"]
     rows = read_manifest(folder)
-    dom = _chromium_dump((folder / "index.html").as_uri() + "#sort=rating", tmp_path / "profile")
+    dom = chromium_dom((folder / "index.html").as_uri() + "#sort=rating", tmp_path / "profile")
     page = parse_page(dom)
     # the script ran: it counted the rows and sorted them
     assert page.attributes["outputs"].get("data-js-rows") == str(len(rows))
