@@ -24,6 +24,7 @@ from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import load_audio_folder
 from sda.dsp.phase import griffin_lim, inverse_mel, reference_reconstruct, spectral_convergence
 from sda.dsp.spectrogram import SpectrogramSettings, decompress, log_mel, stft
+from sda.files import write_atomic
 from sda.versions import versions
 
 QUALITY_MARGIN = 1.02
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{reference.seconds_per_audio_second / best.seconds_per_audio_second:.1f}x faster than the reference"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
+    write_atomic(
+        args.output,
         json.dumps(
             {
                 "windows": int(audio.shape[0]),
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
                 **versions(),
             },
             indent=2,
-        )
+        ).encode(),
+        replace=True,
     )
     print(f"written to {args.output}")
 

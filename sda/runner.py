@@ -51,6 +51,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sda.config import GenerationConfig, OneshotChunking
+from sda.dsp.quality import RED_SILENT_PEAK_DBFS
 from sda.errors import CheckpointError, OutputError, SdaError
 from sda.files import write_atomic
 from sda.interruption import Interrupted, deferred
@@ -78,7 +79,6 @@ from sda.write_pool import WritePool, Written
 
 log = logging.getLogger("sda.run")
 
-SILENT_PEAK_DBFS = -60.0
 # Sidecar key of the run token (see JobOutcome.run_token): which launch of sda.run made an output,
 # so that a run's summary can count what a job made even when its outcome.json is missing.
 RUN_TOKEN_KEY = "run_token"
@@ -219,7 +219,7 @@ def _failure_reason(result: GenerationResult) -> str | None:
     metrics = result.metrics
     if not metrics.finite:
         return "non-finite samples in the generated audio"
-    if metrics.peak_dbfs is None or metrics.peak_dbfs < SILENT_PEAK_DBFS or metrics.rms_dbfs is None:
+    if metrics.peak_dbfs is None or metrics.peak_dbfs < RED_SILENT_PEAK_DBFS or metrics.rms_dbfs is None:
         return f"silent audio (peak {metrics.peak_dbfs} dBFS)"
     return None
 

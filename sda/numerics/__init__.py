@@ -206,8 +206,9 @@ class Bound:
 # of one float32 rounding step in a spectrogram into another waveform of the same sound: over 24
 # seeds of each chunking mode, `python -m sda.numerics --rounding-sensitivity 24` measured a peak
 # difference of median -52.1 / -49.8 dBFS (crossfade / latent_interp), worst -21.7 dBFS
-# (latent_interp seed 0), and a log-spectral distance of median 0.065 / 0.074 dB, worst 0.42 dB. Another device's or another batch's arithmetic is
-# such a difference, so both bounds rest on that worst case, with a margin.
+# (latent_interp seed 0), and a log-spectral distance of median 0.065 / 0.074 dB, worst 0.42 dB.
+# Another device's or another batch's arithmetic is such a difference, so both bounds rest on that
+# worst case, with a margin.
 # GPU against CPU, worst measured on an H200 (torch 2.11.0+cu130, `pytest -m gpu -s
 # tests/test_gpu.py`): -21.9 dBFS, 0.41 dB (latent_interp seed 0, as above).
 GPU_VS_CPU = Bound(peak_dbfs=-15.0, lsd_db=0.75)
