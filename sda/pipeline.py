@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -110,6 +110,8 @@ class GenerationResult:
     source_files: tuple[dict[str, str], ...] = ()  # each file the source read: path (as given) and sha256
     # `[height, width]` levels of the report's picture, when the pipeline was asked for them
     spectrogram_db: np.ndarray | None = None
+    # (fingerprints, starts) of the windows the model decoded for it, until its memorization check
+    decoded_windows: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
 
     @property
     def channels(self) -> int:
@@ -199,11 +201,15 @@ class GenerationPipeline:
         config: GenerationConfig,
         device: str | torch.device | None = None,
         picture: PictureSettings | None = None,
+        defer_memorization: bool = False,
     ) -> None:
         """`picture`: also compute each item's spectrogram-picture levels (sda.dsp.picture) with
-        the batch, where its audio is (`GenerationResult.spectrogram_db`)."""
+        the batch, where its audio is (`GenerationResult.spectrogram_db`). `defer_memorization`:
+        leave each result's memorization check to `check_memorization`, which the caller runs
+        where it suits (sda.runner: on its writer threads, while the next batch renders)."""
         self.config = config
         self.picture = picture
+        self.defer_memorization = defer_memorization
         self.device = torch.device(device) if device is not None else config.resolved_device()
         self.model = model
         self.decoder = model.decoding_copy(self.device, DECODE_DTYPE)
@@ -297,27 +303,17 @@ class GenerationPipeline:
             ]
             pictures = self.pictures(finished, cfg.export.sample_rate)
             host = finished.audio.float().cpu().numpy()
-        with clock.stage("memorization"):
-            checks = [
-                check_output(
-                    self.model.summary,
-                    host[i, :, : finished.frames[i]],
-                    cfg.export.sample_rate,
-                    cfg.quality,
-                    *rendered.item_windows(i, len(seeds)),
-                )
-                for i in range(len(seeds))
-            ]
+        windows = [rendered.item_windows(i, len(seeds)) for i in range(len(seeds))]
         source_files = tuple({"path": f.path, "sha256": f.sha256} for f in self.source.files)
         finished_at = datetime.now(UTC)
         share = {stage: seconds / len(seeds) for stage, seconds in clock.seconds.items()}
-        return [
+        results = [
             GenerationResult(
                 seed=int(seed),
                 right_seed=right_seeds[i] if dual else None,
                 audio=np.ascontiguousarray(host[i, :, : finished.frames[i]]),
                 sample_rate=cfg.export.sample_rate,
-                metrics=rated(metrics[i], checks[i]),
+                metrics=metrics[i],
                 config=cfg,
                 model_name=self.model.name,
                 model_sha256=self.model.sha256,
@@ -326,12 +322,31 @@ class GenerationPipeline:
                 finished_at=finished_at,
                 timings_s=dict(share),
                 level=levels[i],
-                memorization=checks[i],
                 source_files=source_files,
                 spectrogram_db=pictures[i] if pictures is not None else None,
+                decoded_windows=windows[i],
             )
             for i, seed in enumerate(seeds)
         ]
+        return results if self.defer_memorization else [self.check_memorization(r) for r in results]
+
+    def check_memorization(self, result: GenerationResult) -> GenerationResult:
+        """`result` with its memorization check (sda.memorization) and its metrics rated by it;
+        the time it took is added to its `timings_s["memorization"]`. Thread-safe: it reads the
+        model's training summary and the result only."""
+        started = time.perf_counter()
+        check = check_output(
+            self.model.summary, result.audio, result.sample_rate, self.config.quality, *result.decoded_windows
+        )
+        timings = {**result.timings_s}
+        timings["memorization"] = timings.get("memorization", 0.0) + time.perf_counter() - started
+        return replace(
+            result,
+            metrics=rated(result.metrics, check),
+            memorization=check,
+            decoded_windows=(None, None),
+            timings_s=timings,
+        )
 
     def pictures(self, finished: Finished, sample_rate: int) -> list[np.ndarray] | None:
         """Each item's report-spectrogram levels `[height, width]` (first channel), computed where

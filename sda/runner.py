@@ -379,7 +379,8 @@ def _run(
     # torch's FFT in the render's threads costs half the writers' numpy drawing from the file.
     # A Vorbis file (lossy) is drawn from the file by the writers.
     picture = None if config.export.format == "ogg" else SPECTROGRAM_PICTURE
-    pipeline = GenerationPipeline(model, config, device, picture=picture)
+    # The memorization check is host work: the writer threads run it, beside the next batch.
+    pipeline = GenerationPipeline(model, config, device, picture=picture, defer_memorization=True)
     timings["load_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     found = scan_outputs(output_dir)
@@ -394,7 +395,7 @@ def _run(
 
     show = sys.stderr.isatty() if show_progress is None else show_progress
     pool: WritePool[int] = WritePool(
-        functools.partial(_write_output, output_dir=output_dir, extra_sidecar=extra_sidecar),
+        functools.partial(_write_output, pipeline=pipeline, output_dir=output_dir, extra_sidecar=extra_sidecar),
         write_workers(device),
     )
     job = _Job(pipeline, identities, output_dir, outcome, found.broken, pool)
@@ -447,8 +448,6 @@ class _Job:
         self.progress: Any = None
         self.render_s = 0.0
         self.stages_s = dict.fromkeys(STAGES, 0.0)
-        # seed -> why the memorization check rejects its output (quality.reject_copies)
-        self.rejections: dict[int, str] = {}
 
     def render_batch(self, batch: list[int]) -> None:
         """Generate a batch of missing seeds and hand the items that pass to the writers."""
@@ -469,9 +468,6 @@ class _Job:
                 if not self._set_aside_broken(result.seed, identity):
                     self.progress.update(1)
                     continue
-            check = result.memorization
-            if check is not None and check.rejected:
-                self.rejections[result.seed] = check.verdict
             self.pool.make_room(result.audio.nbytes)  # back-pressure: interruptible
             with deferred():  # handed over and recorded whole (see sda.write_pool)
                 self.pool.submit(result.seed, result, result.audio.nbytes)
@@ -494,9 +490,8 @@ class _Job:
             if item.error is not None:
                 first_error = first_error or item.error
                 continue
-            saved: SavedOutput = item.value
+            saved, rejection = item.value
             quality = saved.record["quality"]
-            rejection = self.rejections.pop(item.key, None)
             self.outcome.items.append(
                 ItemOutcome(
                     item.key,
@@ -542,9 +537,19 @@ class _Job:
         return True
 
 
-def _write_output(result: GenerationResult, output_dir: Path, extra_sidecar: dict[str, Any] | None) -> SavedOutput:
-    """On a writer thread: the output (sidecar first, see sda.outputs), then its picture for the
-    report. A picture that cannot be drawn is left to the report."""
+def _write_output(
+    result: GenerationResult,
+    pipeline: GenerationPipeline,
+    output_dir: Path,
+    extra_sidecar: dict[str, Any] | None,
+) -> tuple[SavedOutput, str | None]:
+    """On a writer thread: the output's memorization check, the output (sidecar first, see
+    sda.outputs), then its picture for the report (one that cannot be drawn is left to the
+    report). Returns the saved output and why it is rejected (quality.reject_copies), or None."""
+    if result.memorization is None:
+        result = pipeline.check_memorization(result)
+    check = result.memorization
+    rejection = check.verdict if check is not None and check.rejected else None
     saved = save_result(result, output_dir, extra_sidecar)
     try:
         if isinstance(result.config.chunking, OneshotChunking):  # a hit is seen by its shape
@@ -553,7 +558,7 @@ def _write_output(result: GenerationResult, output_dir: Path, extra_sidecar: dic
             write_output_picture(saved.audio_path, saved.identity, result.spectrogram_db)
     except (OSError, ValueError, RuntimeError, SdaError) as error:
         log.warning("no spectrogram for %s yet (the report draws it): %s", saved.audio_path.name, error)
-    return saved
+    return saved, rejection
 
 
 def _skipped_item(seed: int, identity: str, check: Verification, config: GenerationConfig) -> ItemOutcome:
