@@ -197,27 +197,37 @@ def _fails_with_one_line(tmp_path: Path, *args: str, expect: str, code: int = 1)
     return done.stderr
 
 
-@pytest.mark.slow
-def test_bad_datasets_fail_with_one_line_and_leave_no_model(tmp_path: Path):
-    _fails_with_one_line(tmp_path, f"dataset.path={tmp_path / 'missing'}", expect="does not exist")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    _fails_with_one_line(tmp_path, f"dataset.path={empty}", expect="empty")
+def _bad_dataset(tmp_path: Path, kind: str) -> str:
+    """A dataset folder of `kind` under `tmp_path`, as `dataset.path`'s value."""
+    folder = tmp_path / kind
+    if kind == "missing":
+        return str(folder)
+    if kind == "unset":
+        return ""
+    folder.mkdir()
+    if kind == "unreadable":
+        (folder / "notes.txt").write_text("not audio")
+        (folder / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 4)
+    elif kind == "silent":
+        sf.write(folder / "hiss.wav", np.full(14400, 1e-4, dtype=np.float32), 48000, subtype="FLOAT")
+    return str(folder)
 
-    unreadable = tmp_path / "unreadable"
-    unreadable.mkdir()
-    (unreadable / "notes.txt").write_text("not audio")
-    (unreadable / "broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 4)
-    stderr = _fails_with_one_line(tmp_path, f"dataset.path={unreadable}", expect="2 files")
-    assert "notes.txt" in stderr and "broken.wav" in stderr  # each skipped file is listed with its reason
 
-    silent = tmp_path / "silent"
-    silent.mkdir()
-    sf.write(silent / "hiss.wav", np.full(14400, 1e-4, dtype=np.float32), 48000, subtype="FLOAT")
-    stderr = _fails_with_one_line(tmp_path, f"dataset.path={silent}", expect="no usable")
-    assert "skipping hiss.wav: silent: its loudest 50 ms is at -80.0 dBFS" in stderr
-
-    _fails_with_one_line(tmp_path, "dataset.path=", expect="dataset.path", code=2)
+# One test per case (each starts sda.train): pytest-xdist spreads them over the cores.
+@pytest.mark.parametrize(
+    "kind, expect, code, listed",
+    [
+        ("missing", "does not exist", 1, []),
+        ("empty", "empty", 1, []),
+        # each skipped file is listed with its reason
+        ("unreadable", "2 files", 1, ["notes.txt", "broken.wav"]),
+        ("silent", "no usable", 1, ["skipping hiss.wav: silent: its loudest 50 ms is at -80.0 dBFS"]),
+        ("unset", "dataset.path", 2, []),
+    ],
+)
+def test_bad_datasets_fail_with_one_line_and_leave_no_model(tmp_path: Path, kind, expect, code, listed):
+    stderr = _fails_with_one_line(tmp_path, f"dataset.path={_bad_dataset(tmp_path, kind)}", expect=expect, code=code)
+    assert all(text in stderr for text in listed), stderr
 
 
 @pytest.mark.slow
