@@ -215,3 +215,20 @@ def test_training_config_errors_are_one_line(overrides, message):
     with pytest.raises(ConfigError) as info:
         to_train_config(compose_config("train", overrides, TrainConfig))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_overnight_training_profile_trains_for_hours_and_the_command_line_still_wins():
+    plain = to_train_config(compose_config("train", ["dataset=demo", "name=x"], TrainConfig))
+    night = to_train_config(compose_config("train", ["dataset=demo", "name=x", "profile=overnight"], TrainConfig))
+    assert (night.max_minutes, night.patience, night.checkpoint_every) == (600.0, 300, 25)
+    assert night.max_epochs > 1000 and plain.max_minutes < 60
+    longer = {"max_minutes", "max_epochs", "patience", "checkpoint_every"}
+    same = {k: v for k, v in dataclasses.asdict(night).items() if k not in longer}
+    assert same == {k: v for k, v in dataclasses.asdict(plain).items() if k not in longer}, "the same training, longer"
+    capped = to_train_config(
+        compose_config("train", ["dataset=demo", "name=x", "profile=overnight", "max_minutes=180"], TrainConfig)
+    )
+    assert capped.max_minutes == 180.0
+    with pytest.raises(ConfigError) as info:
+        compose_config("train", ["dataset=demo", "name=x", "profile=weekend"], TrainConfig)
+    assert "profile" in str(info.value) and "\n" not in str(info.value)
