@@ -58,7 +58,7 @@ from sda.dsp.finish import Finished, FinishSettings, ItemLevel, OneshotEnd, fini
 from sda.dsp.loudness import Levels, amplitude_dbtp, true_peak
 from sda.dsp.phase import griffin_lim, inverse_mel
 from sda.dsp.picture import PictureSettings, spectrogram_levels_batch
-from sda.dsp.quality import QualityMetrics, measure_quality
+from sda.dsp.quality import QualityMetrics, measure_quality_batch
 from sda.dsp.spectrogram import decompress
 from sda.errors import CheckpointError, ConfigError
 from sda.memorization import MemorizationCheck, check_output, rated
@@ -290,8 +290,7 @@ class GenerationPipeline:
         rendered = self.render_voices(list(seeds) + right_seeds, needed, clock)
         with clock.stage("dsp"):
             finished = finish(rendered.audio, self.settings.sample_rate, self.finish_settings, self.output_frames())
-            # Each item measured over its own length (a one-shot's ends where its hit ends).
-            metrics = [measure_quality(finished.item(i), cfg.export.sample_rate) for i in range(len(seeds))]
+            metrics = measure_quality_batch(finished.audio, cfg.export.sample_rate, finished.frames)
             # What every sidecar records: the delivered audio's loudness (the quality metrics'
             # measurement) and true peak, and what a loudness normalization did.
             levels = [

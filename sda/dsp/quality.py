@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,8 +277,11 @@ def _statistics(item: torch.Tensor, sample_rate: int) -> torch.Tensor:
     return torch.stack([c.to(torch.float64) for c in columns], dim=1)
 
 
-def measure_quality_batch(audio: torch.Tensor, sample_rate: int) -> list[QualityMetrics]:
-    """QualityMetrics of each item of a `[B, C, N]` batch.
+def measure_quality_batch(
+    audio: torch.Tensor, sample_rate: int, frames: Sequence[int] | None = None
+) -> list[QualityMetrics]:
+    """QualityMetrics of each item of a `[B, C, N]` batch, item i over its first `frames[i]`
+    samples (default: all N; a one-shot ends where its hit ends).
 
     Each item's statistics are computed on that item alone, in the shape it has alone: a
     reduction over a `[B, N]` tensor may add in another order than over `[1, N]` (it does on
@@ -288,15 +292,20 @@ def measure_quality_batch(audio: torch.Tensor, sample_rate: int) -> list[Quality
     if sample_rate <= 0:
         raise ValueError(f"sample_rate={sample_rate}: must be > 0")
     batch, channels, samples = audio.shape
+    lengths = [samples] * batch if frames is None else [int(n) for n in frames]
+    if len(lengths) != batch or not all(1 <= n <= samples for n in lengths):
+        raise ValueError(f"frames={list(lengths)}: expected {batch} lengths in [1, {samples}]")
     if audio.dtype not in (torch.float32, torch.float64):
         audio = audio.float()
-    rows = torch.cat([_statistics(audio[i : i + 1], sample_rate) for i in range(batch)]).tolist()
+    rows = torch.cat([_statistics(audio[i : i + 1, :, :n], sample_rate) for i, n in enumerate(lengths)]).tolist()
     results = []
-    for snr_i, clipped_i, longest_i, peak_i, power_i, dc_i, silent_i, corr_i, lufs_i, bad_i in rows:
+    for n, (snr_i, clipped_i, longest_i, peak_i, power_i, dc_i, silent_i, corr_i, lufs_i, bad_i) in zip(
+        lengths, rows, strict=True
+    ):
         values: dict[str, Any] = {
             "snr_db": snr_i,
             "clipped_samples": int(clipped_i),
-            "clipped_percent": 100.0 * clipped_i / (channels * samples),
+            "clipped_percent": 100.0 * clipped_i / (channels * n),
             "longest_clip_run": int(longest_i),
             "peak_dbfs": 20.0 * math.log10(peak_i) if peak_i > 0 else -math.inf,
             "rms_dbfs": 10.0 * math.log10(power_i) if power_i > 0 else -math.inf,

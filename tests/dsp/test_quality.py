@@ -187,6 +187,22 @@ def test_batch_measures_each_item_like_single_measurement():
         assert got == measure_quality(item, SAMPLE_RATE).to_dict()
 
 
+@pytest.mark.determinism
+def test_items_of_their_own_lengths_are_measured_over_those_lengths_only():
+    """One-shots: item i counts its first frames[i] samples, as if cut to them and measured alone."""
+    hit = torch.stack([sine(440.0, 1.0), sine(440.0, 1.0, -10.0)])
+    short = torch.cat([hit[:, : SAMPLE_RATE // 4], torch.zeros(2, SAMPLE_RATE - SAMPLE_RATE // 4)], dim=1)
+    padded = torch.stack([short, hit * 0.5])  # the first item's last 0.75 s are padding
+    lengths = [SAMPLE_RATE // 4, SAMPLE_RATE]
+    measured = measure_quality_batch(padded, SAMPLE_RATE, lengths)
+    for got, item, n in zip(measured, padded, lengths, strict=True):
+        assert got.to_dict() == measure_quality(item[:, :n].clone(), SAMPLE_RATE).to_dict()
+    # the padding would have counted as silent frames
+    assert measured[0].silent_frame_fraction == 0.0 < measure_quality(padded[0], SAMPLE_RATE).silent_frame_fraction
+    with pytest.raises(ValueError, match="frames="):
+        measure_quality_batch(padded, SAMPLE_RATE, [0, SAMPLE_RATE])
+
+
 def test_measure_quality_rejects_wrong_shapes():
     with pytest.raises(ValueError, match=r"\[channels, samples\]"):
         measure_quality(torch.zeros(10), SAMPLE_RATE)
