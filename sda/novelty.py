@@ -84,7 +84,7 @@ class NearestWindow:
 
     @property
     def near_copy(self) -> bool:
-        return self.distance_db <= NEAR_COPY_DB
+        return self.distance_db < NEAR_COPY_DB  # nearer than it, as sda.memorization judges
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -325,9 +325,3 @@ class NoveltyIndex:
             start_s=float(self.starts_s[row]),
             clip_start_s=float(query_starts_s[query]),
         )
-
-    def nearest_each(
-        self, clips: Sequence[torch.Tensor | np.ndarray], hop_s: float = QUERY_HOP_S
-    ) -> list[NearestWindow | None]:
-        """`nearest` of every clip."""
-        return [self.nearest(clip, hop_s) for clip in clips]

@@ -174,7 +174,8 @@ class Axis:
         return f"{self.key}={self.values[index]}"
 
 
-def _parse(overrides: Sequence[str]) -> list[Override]:
+def parse_overrides(overrides: Sequence[str]) -> list[Override]:
+    """Hydra's parse of command-line overrides; one line (ConfigError) when they do not parse."""
     try:
         return OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as error:
@@ -185,7 +186,7 @@ def sweep_axes(overrides: Sequence[str]) -> list[Axis]:
     """The axes of a sweep, in the order Hydra's basic sweeper expands them (the last axis
     varies fastest); a key given twice keeps its last value in its first place."""
     axes: OrderedDict[str, Axis] = OrderedDict()
-    for override in _parse(overrides):
+    for override in parse_overrides(overrides):
         key = override.get_key_element()
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
@@ -259,14 +260,6 @@ class Plan:
                 seed_index = point[[a.key for a in self.axes].index("seed")]
                 config = dataclasses.replace(config, seed=int(self.seeds[seed_index]))
             yield config
-
-    def point_overrides(self, job: int) -> list[str]:
-        """The swept values of job number `job` (Hydra's numbering)."""
-        texts = []
-        for axis in reversed(self.axes):
-            job, index = divmod(job, len(axis.values))
-            texts.append(axis.text(index))
-        return texts[::-1]
 
 
 def _check_seed_axis(values: Sequence[Any], count_of: Callable[[], int]) -> Sequence[int]:

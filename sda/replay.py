@@ -29,8 +29,6 @@ from typing import Any
 
 import soundfile as sf
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
 
 from sda.config import OPTIONS, GenerationConfig, ModelConfig, PhaseConfig, QualityConfig, resolve_device
@@ -40,7 +38,7 @@ from sda.errors import ConfigError
 from sda.files import write_json_atomic
 from sda.numerics import expected_agreement, numerics_status
 from sda.outputs import read_sidecar
-from sda.preflight import Plan
+from sda.preflight import Plan, parse_overrides
 from sda.sources import source_file_sha256, source_files
 
 log = logging.getLogger("sda.run")
@@ -75,13 +73,6 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:,@+-]{1,64}$")
 # Override texts
 
 
-def _parse(overrides: Sequence[str]) -> list[Any]:
-    try:
-        return OverridesParser.create().parse_overrides(list(overrides))
-    except OverrideParseException as error:
-        raise ConfigError(f"cannot parse the command line: {str(error).splitlines()[0]}") from None
-
-
 def override_text(key: str, value: Any) -> str:
     """`key=value` that Hydra parses back to exactly `value` (strings are quoted only when
     needed: a checkpoint path with spaces, or a string that would read as a number)."""
@@ -92,7 +83,7 @@ def override_text(key: str, value: Any) -> str:
     text = str(value)
     plain = f"{key}={text}"
     try:
-        if _parse([plain])[0].value() == text:
+        if parse_overrides([plain])[0].value() == text:
             return plain
     except ConfigError:
         pass
@@ -198,7 +189,7 @@ def generation_overrides(config: dict[str, Any], where: tuple[str, str], skip: S
 
 
 def _given(overrides: Sequence[str]) -> set[str]:
-    return {override.key_or_group for override in _parse([o for o in overrides if not o.startswith("-")])}
+    return {override.key_or_group for override in parse_overrides([o for o in overrides if not o.startswith("-")])}
 
 
 def _without_given(texts: Sequence[str], given: set[str]) -> list[str]:
@@ -342,7 +333,7 @@ def _check_recorded_override(text: str, where: tuple[str, str]) -> None:
     """An entry of a recorded command: only generation settings and sweeps over them."""
     if not isinstance(text, str):
         raise _refused(where, f"{text!r} is not an override string")
-    parsed = _parse([text])[0]
+    parsed = parse_overrides([text])[0]
     key = parsed.key_or_group
     top = key.split(".", 1)[0].split("/", 1)[0]
     names = {f.name for f in dataclasses.fields(GenerationConfig)}
@@ -423,10 +414,10 @@ def expand_command_line(argv: Sequence[str]) -> list[str]:
             raise ConfigError("resume", " ".join(resume), "one folder")
         if args.config_dir or args.config_name or getattr(args, "config_path", None):
             raise ConfigError("resume", resume[0], "no --config-dir/--config-name: the folder's record says it all")
-        folder = Path(str(_parse(resume)[0].value())).expanduser()
+        folder = Path(str(parse_overrides(resume)[0].value())).expanduser()
         argv = resume_command(folder, [t for t in argv if t != resume[0]])
         args = parse_command_line(argv)
-    reproduce = [o for o in _parse(args.overrides) if o.key_or_group == "reproduce"]
+    reproduce = [o for o in parse_overrides(args.overrides) if o.key_or_group == "reproduce"]
     if reproduce:
         if len(reproduce) > 1 or reproduce[0].is_sweep_override():
             raise ConfigError("reproduce", reproduce[-1].get_value_element_as_str(), "one sidecar per run (not swept)")

@@ -388,10 +388,12 @@ def _run(
     existing = found.verified
     identities = {seed: output_identity(config, seed, model.sha256) for seed in config.seeds}
 
-    missing = [seed for seed in config.seeds if identities[seed] not in existing]
+    missing = []
     for seed in config.seeds:
-        if seed not in missing:
+        if identities[seed] in existing:
             outcome.items.append(_skipped_item(seed, identities[seed], existing[identities[seed]], config))
+        else:
+            missing.append(seed)
 
     show = sys.stderr.isatty() if show_progress is None else show_progress
     pool: WritePool[int] = WritePool(

@@ -139,13 +139,6 @@ def read_source_file(path: str, key: str, sample_rate: int, window_samples: int)
     return SourceFile(path, sha256, torch.from_numpy(np.ascontiguousarray(audio)), sample_rate)
 
 
-def check_source_files(source: SourceConfig, sample_rate: int, window_samples: int) -> None:
-    """Pre-flight: read and check every file of a source option (see `read_source_file`)."""
-    key = source_key(source)
-    for path in source.audio_files():
-        read_source_file(path, key, sample_rate, window_samples)
-
-
 def preflight_sources(configs: Iterable[GenerationConfig], base_dir: Path) -> None:
     """Before anything is made: read and check every source file of every config (each point of
     a sweep), against the window of the model each point uses, and that a corpus source's model

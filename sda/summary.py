@@ -30,11 +30,11 @@ from sda.interruption import SIGNALS, exit_status, signal_number
 from sda.locking import check_unlocked
 from sda.outputs import INDEX_FILE, MANIFEST_FILE, OUTCOME_FILE, SUMMARY_FILE
 from sda.report import write_report
-from sda.runner import outputs_made_by
+from sda.runner import ITEM_STATUSES, outputs_made_by
 
 log = logging.getLogger("sda.run")
 
-COUNTED = ("done", "skipped", "failed", "rejected")
+COUNTED = ITEM_STATUSES
 SIGNAL_NAMES = tuple(signum.name for signum in SIGNALS)
 REPORT_PENDING = "being written"  # summary.json's `report` until the report is written
 # After an interruption, how long the launching process waits for jobs in other processes (joblib,

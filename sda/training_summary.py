@@ -58,11 +58,6 @@ class TrainingSummary:
     def __len__(self) -> int:
         return int(self.latents.shape[0])
 
-    @property
-    def nbytes(self) -> int:
-        own = sum(t.numel() * t.element_size() for t in (self.latents, self.file_ids, self.starts_s))
-        return own + sum(index.nbytes for index in (self.novelty, self.renditions) if index is not None)
-
     @classmethod
     def build(
         cls,

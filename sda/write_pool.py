@@ -1,16 +1,16 @@
 """A bounded pool of writer threads: finished outputs are encoded, hashed and written while the
 main thread renders the next batch.
 
-- Back-pressure: `submit` waits while the items waiting to be written hold more than
+- Back-pressure: `make_room` waits while the items waiting to be written hold more than
   `max_pending_bytes` (an item is always let through when nothing is pending), so a slow disk
   slows the rendering instead of queueing a whole sweep in memory.
-- What was written comes back in submission order (`collect`, `drain`), each item with the
+- What was written comes back in submission order (`collect`, after `wait_for_next`), each item with the
   writer's return value or the exception it raised.
 - `abandon()` (after an interruption or a failed write): cancels the writes not yet started,
   waits for those started, each of which is atomic and ends by itself, and returns every
   finished one, so that what is recorded is what is on disk.
 
-Waiting in `submit` and `drain` can be interrupted (a signal's exception is raised there, see
+Waiting in `make_room` and `wait_for_next` can be interrupted (a signal's exception is raised there, see
 sda.interruption); handing an item to the pool and taking finished ones out are not, provided
 the caller holds a `deferred()` block around them, as sda.runner does. Signal handlers run in the
 main thread only: writers never see a signal.
@@ -142,7 +142,7 @@ class WritePool(Generic[K]):
         return finished
 
     def close(self) -> None:
-        """Stop the threads (after `drain` or `abandon`)."""
+        """Stop the threads (once nothing is pending, or after `abandon`)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------------------------------

@@ -69,6 +69,11 @@ class GroupOption(Sealed):
     NAME_KEY: ClassVar[str] = "mode"  # how to_dict() names the option
     OPTION: ClassVar[str]
 
+    @property
+    def mode(self) -> str:
+        """The option's name (`chunking.mode == "crossfade"`)."""
+        return self.OPTION
+
     def to_dict(self) -> dict[str, Any]:
         """The option's name first, then its fields (what sidecars and identities hold)."""
         return {self.NAME_KEY: self.OPTION, **super().to_dict()}
@@ -79,10 +84,6 @@ class ChunkingConfig(GroupOption):
     """How an output is built from model windows (an option of `chunking`)."""
 
     KEY: ClassVar[str] = "chunking"
-
-    @property
-    def mode(self) -> str:
-        return self.OPTION
 
     def longest_output_s(self, duration_s: float) -> float:
         """The longest output this option makes for `duration_s` (what disk estimates use)."""
@@ -161,10 +162,6 @@ class StereoConfig(GroupOption):
     CHANNELS: ClassVar[int] = 2
 
     @property
-    def mode(self) -> str:
-        return self.OPTION
-
-    @property
     def channels(self) -> int:
         return self.CHANNELS
 
@@ -213,8 +210,9 @@ class ExportConfig(GroupOption):
 
     KEY: ClassVar[str] = "export"
     NAME_KEY: ClassVar[str] = "format"
-    BIT_DEPTHS: ClassVar[tuple[int, ...]] = ()
-    NORMALISATION_FIELDS: ClassVar[tuple[str, ...]] = ("normalize", "loudness_lufs", "true_peak_dbtp")
+    BIT_DEPTHS: ClassVar[tuple[int, ...]] = ()  # the bit depths a format allows (none: not chosen)
+    BIT_DEPTH_NOTE: ClassVar[str] = ""  # what the error line adds after them
+    NORMALIZATION_FIELDS: ClassVar[tuple[str, ...]] = ("normalize", "loudness_lufs", "true_peak_dbtp")
     sample_rate: int = 48000
     normalize: Normalize = Normalize.peak
     # EBU R 128's level: 90 % of the sonic-pi drum and percussion hits reach it under -1 dBTP
@@ -234,11 +232,17 @@ class ExportConfig(GroupOption):
         check_range(f"{self.KEY}.loudness_lufs", self.loudness_lufs, -60.0, -5.0)
         # -1 dBTP at most: every file sda writes keeps its sample peak at or under -1 dBFS.
         check_range(f"{self.KEY}.true_peak_dbtp", self.true_peak_dbtp, -24.0, -1.0)
+        if self.BIT_DEPTHS and getattr(self, "bit_depth", None) not in self.BIT_DEPTHS:
+            raise ConfigError(
+                f"{self.KEY}.bit_depth",
+                getattr(self, "bit_depth", None),
+                f"{self.OPTION} allows {', '.join(map(str, self.BIT_DEPTHS))}{self.BIT_DEPTH_NOTE}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         if self.normalize == Normalize.peak:
-            for name in self.NORMALISATION_FIELDS:
+            for name in self.NORMALIZATION_FIELDS:
                 del data[name]
         return data
 
@@ -249,11 +253,8 @@ class WavExport(ExportConfig):
 
     OPTION: ClassVar[str] = "wav"
     BIT_DEPTHS: ClassVar[tuple[int, ...]] = tuple(FORMATS["wav"])
+    BIT_DEPTH_NOTE: ClassVar[str] = " (16 = PCM, 24 = PCM, 32 = float)"
     bit_depth: int = 24
-
-    def validate(self) -> None:
-        super().validate()
-        _check_bit_depth(self, " (16 = PCM, 24 = PCM, 32 = float)")
 
 
 @dataclass(unsafe_hash=True)
@@ -263,10 +264,6 @@ class FlacExport(ExportConfig):
     OPTION: ClassVar[str] = "flac"
     BIT_DEPTHS: ClassVar[tuple[int, ...]] = tuple(FORMATS["flac"])
     bit_depth: int = 24
-
-    def validate(self) -> None:
-        super().validate()
-        _check_bit_depth(self, "")
 
 
 @dataclass(unsafe_hash=True)
@@ -286,15 +283,6 @@ class OggExport(ExportConfig):
         check_range(f"{self.KEY}.quality", self.quality, 0.0, 1.0)
 
 
-def _check_bit_depth(export: WavExport | FlacExport, note: str) -> None:
-    if export.bit_depth not in export.BIT_DEPTHS:
-        raise ConfigError(
-            f"{export.KEY}.bit_depth",
-            export.bit_depth,
-            f"{export.OPTION} allows {', '.join(map(str, export.BIT_DEPTHS))}{note}",
-        )
-
-
 @dataclass(unsafe_hash=True)
 class SourceConfig(GroupOption):
     """Where an output's latents come from (an option of `source`; see sda.sources).
@@ -304,10 +292,6 @@ class SourceConfig(GroupOption):
     0 follows the source exactly and 1 is the prior render of the seed, bit for bit."""
 
     KEY: ClassVar[str] = "source"
-
-    @property
-    def mode(self) -> str:
-        return self.OPTION
 
     def audio_files(self) -> tuple[str, ...]:
         """The audio files this option reads, as given (none for prior and corpus)."""

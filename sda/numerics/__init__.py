@@ -28,6 +28,7 @@ sha256 of a short reference render, to compare two machines by eye.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -180,6 +181,7 @@ def mkl_branch() -> str | None:
     return MKL_BRANCH_NAMES.get(code, str(code))
 
 
+@functools.cache
 def cpu_model() -> str:
     """The processor's marketing name where the system says it, else the machine type."""
     cpuinfo = Path("/proc/cpuinfo")

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --threads={args.threads} is not allowed: an integer >= 1", file=sys.stderr)
         return 2
     if args.rounding_sensitivity < 0:
-        message = f"--rounding-sensitivity={args.rounding_sensitivity} is not allowed: an integer >= 1"
+        message = f"--rounding-sensitivity={args.rounding_sensitivity} is not allowed: an integer >= 0 (0: off)"
         print(f"error: {message}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
