@@ -55,7 +55,7 @@ from sda.dsp.chunking import (
 )
 from sda.dsp.phase import reference_reconstruct
 from sda.estimate import cache_path, record_rate
-from sda.files import write_atomic
+from sda.files import write_json_atomic
 from sda.model import load_model
 from sda.outputs import OUTCOME_FILE, SUMMARY_FILE, save_result
 from sda.pipeline import STAGES as PIPELINE_STAGES
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
             args.pipeline_seeds = args.seeds
         report = {"end_to_end": end_to_end_main(args, device), **versions()}
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.output, json.dumps(report, indent=2).encode(), replace=True)
+        write_json_atomic(args.output, report, replace=True)
         print(f"written to {args.output}")
         return
 
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         **versions(),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.output, json.dumps(report, indent=2).encode(), replace=True)
+    write_json_atomic(args.output, report, replace=True)
     print(f"written to {args.output}")
 
 

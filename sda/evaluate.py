@@ -5,7 +5,6 @@ of conf/suite/dev.yaml in one run. Prints a table, writes JSON.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from sda.config import EvaluateConfig, register_configs, to_evaluate_config
 from sda.entry import record_job_status, single_run_main
 from sda.errors import SdaError
 from sda.evaluation import evaluate_model, evaluate_suite
-from sda.files import write_atomic
+from sda.files import write_json_atomic
 
 log = logging.getLogger("sda.evaluate")
 register_configs()
@@ -37,7 +36,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     output = Path(config.output) if config.output else Path(HydraConfig.get().runtime.output_dir) / "evaluation.json"
     output = output if output.is_absolute() else base_dir / output
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(output, json.dumps(evaluation.to_dict(), indent=2).encode(), replace=True)
+    write_json_atomic(output, evaluation.to_dict(), replace=True)
     print(evaluation.table())
     print(f"written to {output}")
     record_job_status(Path(HydraConfig.get().runtime.output_dir), None)

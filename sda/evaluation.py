@@ -518,9 +518,9 @@ def corpus_split(dataset: LoadedDataset, model: LoadedModel, dataset_cfg: Datase
     clips = list(dataset.clips)
     rule = training_split_rule(model)
     trained_on = rule is not None and rule[0] == dataset.fingerprint.content_hash
+    _, fraction, split_seed = rule if trained_on else (None, dataset_cfg.validation_fraction, seed)
+    reference, held_out = split_by_file(clips, fraction, split_seed, dataset.sample_rate)
     if trained_on:
-        _, fraction, split_seed = rule
-        reference, held_out = split_by_file(clips, fraction, split_seed, dataset.sample_rate)
         reconstruction = held_out
         text = {
             "reference": "the training run's training files",
@@ -528,8 +528,6 @@ def corpus_split(dataset: LoadedDataset, model: LoadedModel, dataset_cfg: Datase
             "reconstruction": "the held-out files",
         }
     else:
-        fraction, split_seed = dataset_cfg.validation_fraction, seed
-        reference, held_out = split_by_file(clips, fraction, split_seed, dataset.sample_rate)
         reconstruction = clips
         text = {
             "reference": "files standing in for training data (the model has seen none of this corpus)",
@@ -587,7 +585,8 @@ def generate_subjects(
     def render(generation: GenerationConfig, samples: int | None = None) -> dict[str, torch.Tensor]:
         rendered = {}
         for subject, subject_model in (("model", model), ("untrained", untrained)):
-            results = GenerationPipeline(subject_model, generation, device).generate(seeds)
+            # defer_memorization: the clips' nearest windows are measured below, against this corpus
+            results = GenerationPipeline(subject_model, generation, device, defer_memorization=True).generate(seeds)
             mono = [torch.from_numpy(r.audio).mean(dim=0) for r in results]
             if samples is not None:  # one-shots, each its own length: padded with silence to a window
                 mono = [torch.nn.functional.pad(clip, (0, samples - clip.shape[0])) for clip in mono]

@@ -13,7 +13,6 @@ The default (sda.config.PhaseConfig) is the fastest setting whose spectral conve
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import load_audio_folder
 from sda.dsp.phase import griffin_lim, inverse_mel, reference_reconstruct, spectral_convergence
 from sda.dsp.spectrogram import SpectrogramSettings, decompress, log_mel, stft
-from sda.files import write_atomic
+from sda.files import write_json_atomic
 from sda.versions import versions
 
 QUALITY_MARGIN = 1.02
@@ -141,18 +140,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{reference.seconds_per_audio_second / best.seconds_per_audio_second:.1f}x faster than the reference"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(
+    write_json_atomic(
         args.output,
-        json.dumps(
-            {
-                "windows": int(audio.shape[0]),
-                "rows": [r.__dict__ for r in rows],
-                "choice": best.__dict__ if best else None,
-                "threads": torch.get_num_threads(),
-                **versions(),
-            },
-            indent=2,
-        ).encode(),
+        {
+            "windows": int(audio.shape[0]),
+            "rows": [r.__dict__ for r in rows],
+            "choice": best.__dict__ if best else None,
+            "threads": torch.get_num_threads(),
+            **versions(),
+        },
         replace=True,
     )
     print(f"written to {args.output}")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import shutil
@@ -53,7 +52,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from sda.config import GenerationConfig, OneshotChunking
 from sda.dsp.quality import RED_SILENT_PEAK_DBFS
 from sda.errors import CheckpointError, OutputError, SdaError
-from sda.files import write_atomic
+from sda.files import write_json_atomic
 from sda.interruption import Interrupted, deferred
 from sda.locking import folder_lock, holds
 from sda.memorization import recorded_rejection
@@ -341,8 +340,8 @@ def write_outcome(outcome: JobOutcome) -> None:
     output_dir = Path(outcome.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(output_dir / OUTCOME_FILE, json.dumps(outcome.to_dict(), indent=2).encode(), replace=True)
-    except (OSError, SdaError) as error:
+        write_json_atomic(output_dir / OUTCOME_FILE, outcome.to_dict(), replace=True)
+    except (OSError, SdaError, ValueError) as error:  # ValueError: a value JSON cannot hold
         log.error("could not record the job outcome in %s: %s", output_dir, error)
     log.info("%s: %s", output_dir, outcome.summary())
 
