@@ -132,12 +132,12 @@ class WindowSource:
     silent: list[tuple[AudioClip, str]]
 
     @classmethod
-    def of(cls, sampler: WindowSampler, clips: list[AudioClip], cfg: TrainConfig) -> WindowSource:
-        settings, window = cfg.spectrogram, cfg.spectrogram.window_samples
-        hop = max(1, round(window * cfg.dataset.hop_fraction))
+    def of(cls, sampler: WindowSampler, clips: list[AudioClip]) -> WindowSource:
+        """What `sampler`, made from `clips`, found in them."""
+        window = sampler.window_samples
         used = [clip for clip, n in zip(clips, sampler.windows_per_clip, strict=True) if n > 0]
         silent = [
-            (clip, silence_reason(clip.audio, window, hop, cfg.dataset.silence_dbfs, settings.sample_rate))
+            (clip, silence_reason(clip.audio, window, sampler.hop_samples, sampler.silence_dbfs, sampler.sample_rate))
             for clip, n in zip(clips, sampler.windows_per_clip, strict=True)
             if n == 0
         ]
@@ -193,8 +193,8 @@ def prepare_data(cfg: TrainConfig, root: Path, device: torch.device) -> Training
     hop_samples = max(1, round(settings.window_samples * data_cfg.hop_fraction))
     train_sampler = _sampler(train_clips, cfg, hop_samples, cfg.augmentation)
     validation_sampler = _sampler(validation_clips, cfg, hop_samples, Augmentation.none())
-    train_source = WindowSource.of(train_sampler, train_clips, cfg)
-    validation_source = WindowSource.of(validation_sampler, validation_clips, cfg)
+    train_source = WindowSource.of(train_sampler, train_clips)
+    validation_source = WindowSource.of(validation_sampler, validation_clips)
     for clip, reason in [*train_source.silent, *validation_source.silent]:
         log.warning("skipping %s: %s", printable(clip.path), reason)
     if len(train_sampler) == 0:
@@ -210,7 +210,7 @@ def prepare_data(cfg: TrainConfig, root: Path, device: torch.device) -> Training
         log.info("validating on %s", validation_source.text())
     else:
         log.warning("the validation files hold no usable window; validating on training windows (not independent)")
-        validation_windows = _sampler(train_clips, cfg, hop_samples, Augmentation.none()).fixed_windows()
+        validation_windows = train_sampler.fixed_windows()  # unaugmented, whatever the sampler's augmentation
         validation_source = dataclasses.replace(train_source, silent=validation_source.silent)
     return TrainingData(
         root=root,
@@ -246,13 +246,10 @@ def windows_to_log_mel(
 
 @torch.no_grad()
 def mel_statistics(
-    clips: list[AudioClip], settings: SpectrogramSettings, hop_samples: int, silence_dbfs: float, device: torch.device
+    sampler: WindowSampler, settings: SpectrogramSettings, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-mel-bin mean and standard deviation `[n_mels]` over every frame of the unaugmented
-    training windows, streamed in batches (a large dataset never sits in memory as log-mels)."""
-    sampler = WindowSampler(
-        clips, settings.window_samples, hop_samples, silence_dbfs, Augmentation.none(), settings.sample_rate
-    )
+    """Per-mel-bin mean and standard deviation `[n_mels]` over every frame of the sampler's
+    unaugmented windows, streamed in batches (a large dataset never sits in memory as log-mels)."""
     total = torch.zeros(settings.n_mels, dtype=torch.float64, device=device)
     squares = torch.zeros_like(total)
     count = 0
@@ -360,9 +357,7 @@ class TrainState:
                 )
             return
         device = self.model.mel_mean.device
-        statistics = mel_statistics(
-            data.train_clips, cfg.spectrogram, data.hop_samples, cfg.dataset.silence_dbfs, device
-        )
+        statistics = mel_statistics(data.train_sampler, cfg.spectrogram, device)
         self.model.set_normalization(*statistics)
         self.dataset_hash = content_hash
 
@@ -537,8 +532,7 @@ def active_dimensions(model: MelVAE, data: TrainingData, cfg: TrainConfig) -> in
     unaugmented training window and the validation windows, streamed in batches."""
     model.eval()
     device = model.mel_mean.device
-    fixed = _sampler(data.train_clips, cfg, data.hop_samples, Augmentation.none())
-    batches = (log_mel(batch.to(device), cfg.spectrogram) for batch in fixed.fixed_batches(64))
+    batches = (log_mel(batch.to(device), cfg.spectrogram) for batch in data.train_sampler.fixed_batches(64))
     validation = data.validation_log_mels.split(64) if data.independent_validation else ()
     total = torch.zeros(model.hyper.latent_dim, dtype=torch.float64, device=device)
     squares, count = torch.zeros_like(total), 0

@@ -76,7 +76,7 @@ class TrainingSummary:
         latents, file_ids, starts, files = [], [], [], []
         with torch.no_grad():
             for name, audio in clips:
-                clip_starts = window_starts(audio, window, hop_samples, silence_dbfs)
+                clip_starts = window_starts(audio, window, hop_samples, silence_dbfs, settings.sample_rate)
                 if clip_starts.size == 0:
                     continue
                 padded = np.zeros(max(audio.shape[0], window), dtype=np.float32)

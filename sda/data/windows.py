@@ -296,6 +296,7 @@ class WindowSampler:
         self.window_samples = int(window_samples)
         self.hop_samples = int(hop_samples)
         self.silence_dbfs = float(silence_dbfs)
+        self.sample_rate = int(sample_rate)
         self.augmentation = augmentation if augmentation is not None else Augmentation()
         self._audio: list[np.ndarray] = []
         clip_indices, starts = [], []
