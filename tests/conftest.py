@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sda.estimate import CACHE_ENV
+from sda.model import LoadedModel, load_model
 from tests.helpers import make_tiny_dataset
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -38,6 +39,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def shipped() -> LoadedModel:
+    """The shipped default model on the CPU, loaded once for the session (read-only)."""
+    return load_model("default", "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -21,15 +21,6 @@ def cache(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.fixture
-def one_torch_thread():
-    """The device name holds torch's thread count: as in the commands, which run on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CPU = torch.device("cpu")
 
 
@@ -70,7 +61,8 @@ def test_durations_read_as_a_person_would_say_them(seconds, text):
     assert estimate.duration_text(seconds) == text
 
 
-def test_dry_run_prints_the_plan_and_the_estimate_and_makes_nothing(tmp_path, cache, one_torch_thread):
+def test_dry_run_prints_the_plan_and_the_estimate_and_makes_nothing(tmp_path, cache, one_thread):
+    # one_thread: the device name holds torch's thread count, as in the commands (one thread)
     # 100 audio s/s measured for mono: 2000 dual_seed files of 10 s take 20 000 s / 50 = 6 min 40 s.
     estimate.record_rate(CPU, GenerationConfig(duration_s=10), audio_s=1000, wall_s=10, source="sda.bench")
     proc = sda_run(

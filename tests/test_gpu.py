@@ -40,11 +40,12 @@ from sda.numerics import GPU_BATCH, GPU_VS_CPU
 from sda.outputs import verify_output
 from sda.pipeline import GenerationPipeline
 from sda.report.spectrogram import SPECTROGRAM_FLOOR_DB, SPECTROGRAM_PICTURE, spectrogram_levels_db
-from tests.helpers import ONE_THREAD, run_sda
+from tests.helpers import CEILING, ONE_THREAD, run_sda
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("one_thread"),  # CPU renders on one torch thread
 ]
 
 # The determinism contract's bounds (sda.numerics): GPU against CPU, and on a GPU alone against
@@ -52,21 +53,12 @@ pytestmark = [
 GPU_VS_CPU_PEAK_DBFS, GPU_VS_CPU_LSD_DB = GPU_VS_CPU.peak_dbfs, GPU_VS_CPU.lsd_db
 GPU_BATCH_PEAK_DBFS, GPU_BATCH_LSD_DB = GPU_BATCH.peak_dbfs, GPU_BATCH.lsd_db
 
-CEILING = 10 ** (-1 / 20)
 FLOOR = 10 ** (-1.0001 / 20)
 
 
 @pytest.fixture(scope="module")
 def models():
     return {device: load_model("default", device) for device in ("cpu", "cuda")}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(chunking: str = "crossfade", stereo: str = "mono", **options) -> GenerationConfig:

@@ -16,7 +16,6 @@ import torchaudio
 
 from sda.config import OPTIONS, ExportConfig, GenerationConfig, Normalize, OneshotChunking, PhaseConfig
 from sda.dsp.loudness import loudness_lufs, true_peak
-from sda.model import load_model
 from sda.outputs import output_identity, save_result
 from sda.pipeline import GenerationPipeline
 from tests.helpers import FORMATS, compose_run
@@ -24,11 +23,6 @@ from tests.helpers import FORMATS, compose_run
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 RATES = (44100, 48000, 96000)
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    return load_model("default", "cpu")
 
 
 def export_config(format: str, bit_depth: int, rate: int, normalize: str, **level) -> ExportConfig:

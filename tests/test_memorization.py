@@ -35,11 +35,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    return load_model("default", "cpu")
-
-
-@pytest.fixture(scope="module")
 def tiny_trained(tiny_dataset: Path, tmp_path_factory):
     """A tiny model trained for one epoch on the tiny dataset: its checkpoint's training summary."""
     models = tmp_path_factory.mktemp("memorization_models")

@@ -22,18 +22,12 @@ from sda.config import (
     WavExport,
 )
 from sda.dsp.spectrogram import MAX_WINDOW_S
-from sda.model import load_model
 from sda.outputs import save_result, verify_output
 from sda.pipeline import GenerationPipeline
 from sda.runner import estimate_output_bytes
 from tests.helpers import assert_batch_consistency, compose_run, read_manifest, sda_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    return load_model("default", "cpu")
 
 
 def oneshot_config(

@@ -29,21 +29,15 @@ from sda.config import (
 from sda.dsp.quality import measure_quality
 from sda.dsp.spectrogram import SpectrogramSettings
 from sda.files import file_sha256
-from sda.model import LoadedModel, MelVAE, ModelHyperparameters, load_model
+from sda.model import LoadedModel, MelVAE, ModelHyperparameters
 from sda.outputs import save_result, verify_output
 from sda.pipeline import GenerationPipeline, GenerationResult
-from tests.helpers import assert_batch_consistency, join_ratios
+from tests.helpers import CEILING, assert_batch_consistency, join_ratios
 
-CEILING = 10 ** (-1 / 20)
 SR = 48000
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def shipped() -> LoadedModel:
-    return load_model("default", "cpu")
 
 
 @pytest.fixture(scope="module")

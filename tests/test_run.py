@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 import yaml
 
+import sda.runner
 from sda.errors import ConfigError
 from sda.files import file_sha256
 from sda.model import PACKAGED_MODELS_DIR
@@ -172,13 +173,18 @@ def test_model_is_loaded_once_for_all_jobs_of_a_process_and_outputs_go_where_tol
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    model = get_model("default", torch.device("cpu"), REPO)
+    loads = []  # every real checkpoint load of this process from here on
+    real_load = sda.runner.load_model
+    monkeypatch.setattr(sda.runner, "load_model", lambda *args: loads.append(args) or real_load(*args))
+    sda.runner._load_cached.cache_clear()
     caplog.set_level(logging.INFO, logger="sda.run")
     first = run_job(compose_run("duration_s=0.5", "seed=1"), tmp_path / "a", base_dir=REPO, show_progress=True)
     progress = capsys.readouterr().err
     second = run_job(compose_run("duration_s=0.5", "seed=2", "chunking=latent_interp"), tmp_path / "b", base_dir=REPO)
 
-    assert get_model("default", torch.device("cpu"), REPO) is model  # one load for every job of a process
+    assert len(loads) == 1, "one load for every job of a process"
+    assert get_model("default", torch.device("cpu"), REPO) is get_model("default", torch.device("cpu"), REPO)
+    assert len(loads) == 1
     assert first.summary() == second.summary() == "1 done, 0 skipped, 0 failed"
     assert [r["seed"] for r in sidecars(tmp_path / "a")] == [1]
     assert [r["config"]["chunking"]["mode"] for r in sidecars(tmp_path / "b")] == ["latent_interp"]

@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from sda import GenerationConfig, GenerationPipeline, load_model
+from sda import GenerationConfig, GenerationPipeline
 from sda.config import CorpusSource, DualSeedStereo, FileSource, LatentInterpChunking, MorphSource, PhaseConfig
 from sda.data.folder import AudioClip, read_audio_file
 from sda.data.windows import Augmentation, WindowSampler
@@ -62,11 +62,6 @@ def write_hiss(path: Path, seconds: float = SOURCE_S, sample_rate: int = SR) -> 
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("sources")
     return {"drone": write_drone(folder / "drone.wav"), "hiss": write_hiss(folder / "hiss.flac")}
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    return load_model("default", "cpu")
 
 
 def render(model, seeds, **fields):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sda.dsp.resample import get_resampler, resample
+from sda.dsp.resample import _cached_resampler, get_resampler, resample
 
 
 def sine(freq_hz: float, sample_rate: int, samples: int) -> torch.Tensor:
@@ -23,7 +23,9 @@ def tone_amplitude(x: torch.Tensor, freq_hz: float, sample_rate: int) -> tuple[f
 
 def test_resampler_is_built_once_per_rate_pair_and_reused():
     first = get_resampler(48000, 44100, "cpu", torch.float32)
+    hits = _cached_resampler.cache_info().hits
     resample(torch.zeros(2, 960), 48000, 44100)
+    assert _cached_resampler.cache_info().hits == hits + 1, "resample() uses the resampler already built"
     assert get_resampler(48000, 44100, "cpu", torch.float32) is first
     # however the arguments are spelled, one rate pair on one device is one resampler
     assert get_resampler(48000, 44100) is first
