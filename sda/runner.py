@@ -72,8 +72,8 @@ from sda.outputs import (
 )
 from sda.parallel import host_cpus, parallel_map
 from sda.pipeline import STAGES, GenerationPipeline, GenerationResult
-from sda.report.spectrogram import SPECTROGRAM_PICTURE, write_output_picture
-from sda.report.waveform import waveform_path, write_waveform
+from sda.report.pictures import write_picture
+from sda.report.spectrogram import SPECTROGRAM_PICTURE
 from sda.write_pool import WritePool, Written
 
 log = logging.getLogger("sda.run")
@@ -553,10 +553,8 @@ def _write_output(
     rejection = check.verdict if check is not None and check.rejected else None
     saved = save_result(result, output_dir, extra_sidecar)
     try:
-        if isinstance(result.config.chunking, OneshotChunking):  # a hit is seen by its shape
-            write_waveform(saved.audio_path, waveform_path(output_dir, saved.audio_path.stem, saved.identity))
-        else:
-            write_output_picture(saved.audio_path, saved.identity, result.spectrogram_db)
+        one_shot = isinstance(result.config.chunking, OneshotChunking)
+        write_picture(saved.audio_path, saved.identity, one_shot, result.spectrogram_db)
     except (OSError, ValueError, RuntimeError, SdaError) as error:
         log.warning("no spectrogram for %s yet (the report draws it): %s", saved.audio_path.name, error)
     return saved, rejection

@@ -21,9 +21,8 @@ from sda.files import write_atomic
 from sda.outputs import INDEX_FILE, MANIFEST_FILE
 from sda.parallel import parallel_map
 from sda.report.page import page_html
+from sda.report.pictures import picture_path, write_picture
 from sda.report.rows import VERIFIED, ReportRow, collect_rows, manifest_csv, relative_to
-from sda.report.spectrogram import spectrogram_path, write_spectrogram
-from sda.report.waveform import waveform_path, write_waveform
 
 log = logging.getLogger(__name__)
 
@@ -34,33 +33,25 @@ def add_spectrograms(folder: Path, rows: list[ReportRow]) -> None:
     """Draw the picture of every verified output that has none yet (in parallel: a run draws its
     own as it writes, so these are mostly the outputs of older runs), and link each row to its
     own: a waveform for a one-shot (a hit is seen by its shape), a spectrogram for anything else."""
-    pictures = {
-        id(row): (waveform_path if row.chunking == "oneshot" else spectrogram_path)(
-            row.audio_path.parent, row.audio_path.stem, row.identity or row.audio_sha256
-        )
-        for row in rows
-        if row.status in VERIFIED and row.audio_path is not None
-    }
-    missing = [
-        (row.audio_path, png, row.chunking == "oneshot")
-        for row in rows
-        if (png := pictures.get(id(row))) and not png.is_file()
-    ]
-    parallel_map(_draw, missing)
-    for row in rows:
-        if (png := pictures.get(id(row))) and png.is_file():
+    shown = [row for row in rows if row.status in VERIFIED and row.audio_path is not None]
+    parallel_map(_draw_missing, shown)
+    for row in shown:
+        png = picture_path(row.audio_path, row.identity or row.audio_sha256, row.chunking == "oneshot")
+        if png.is_file():
             if row.chunking == "oneshot":
                 row.waveform = relative_to(png, folder)
             else:
                 row.spectrogram = relative_to(png, folder)
 
 
-def _draw(job: tuple[Path, Path, bool]) -> None:
-    audio_path, png, one_shot = job
+def _draw_missing(row: ReportRow) -> None:
+    one_shot, key = row.chunking == "oneshot", row.identity or row.audio_sha256
+    if picture_path(row.audio_path, key, one_shot).is_file():
+        return
     try:
-        (write_waveform if one_shot else write_spectrogram)(audio_path, png)
+        write_picture(row.audio_path, key, one_shot)
     except (RuntimeError, ValueError, OSError, sf.LibsndfileError) as error:
-        log.warning("no picture for %s: %s", audio_path, error)
+        log.warning("no picture for %s: %s", row.audio_path, error)
 
 
 def write_report(folder: Path, job_dirs: list[Path]) -> tuple[Path, Path]:

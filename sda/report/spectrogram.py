@@ -14,7 +14,6 @@ report draws those still missing from the files, in parallel.
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
 from pathlib import Path
@@ -33,7 +32,6 @@ from sda.dsp.picture import (
     picture_window,
 )
 from sda.files import write_atomic
-from sda.outputs import SPECTROGRAM_DIR
 
 SPECTROGRAM_WIDTH = 400
 SPECTROGRAM_HEIGHT = 120
@@ -141,20 +139,3 @@ def write_spectrogram(audio_path: Path, png_path: Path) -> None:
     audio, sample_rate = sf.read(str(audio_path), frames=frames, dtype="float32", always_2d=True)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(png_path, png_bytes(spectrogram_image(audio[:, 0], sample_rate)), replace=True)
-
-
-def spectrogram_path(job_dir: Path, stem: str, identity: str) -> Path:
-    key = re.sub(r"[^0-9A-Za-z]", "", identity)[:32] or "noidentity"
-    return job_dir / SPECTROGRAM_DIR / f"{stem}_{key}.png"
-
-
-def write_output_picture(audio_path: Path, identity: str, levels_db: np.ndarray | None = None) -> Path:
-    """The picture of a just-written output, where the report looks for it: from `levels_db`
-    (`[height, width]`, computed with the audio on the device) or else from the file."""
-    png = spectrogram_path(audio_path.parent, audio_path.stem, identity)
-    if levels_db is None:
-        write_spectrogram(audio_path, png)
-    else:
-        png.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(png, png_bytes(levels_image(levels_db)), replace=True)
-    return png

@@ -11,14 +11,12 @@ by the output's identity, and are never redrawn once there. numpy and zlib only.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from sda.files import write_atomic
-from sda.outputs import SPECTROGRAM_DIR
 from sda.report.spectrogram import png_bytes
 
 WAVEFORM_WIDTH = 240
@@ -71,8 +69,3 @@ def write_waveform(audio_path: Path, png_path: Path) -> None:
     audio, sample_rate = sf.read(str(audio_path), dtype="float32", always_2d=True)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(png_path, png_bytes(waveform_image(audio, sample_rate)), replace=True)
-
-
-def waveform_path(job_dir: Path, stem: str, identity: str) -> Path:
-    key = re.sub(r"[^0-9A-Za-z]", "", identity)[:32] or "noidentity"
-    return job_dir / SPECTROGRAM_DIR / f"{stem}_{key}_waveform.png"
