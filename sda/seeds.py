@@ -23,6 +23,9 @@ SEED_SPACE = 2**32
 # constant above 2^33 is a bijection that keeps every voice's phase stream apart from every
 # latent stream (left seeds < 2^32, right seeds < 2^33) and from each other.
 PHASE_STREAM = 0x5DA5EED << 34  # < 2^64, the generator's seed range
+# source=corpus draws its training windows from the stream of seed ^ CORPUS_STREAM, apart from
+# every latent and phase stream in the same way.
+CORPUS_STREAM = 0xC0A9D5 << 36
 _MASK32 = 0xFFFFFFFF
 # torch's CPU generator state: the initial seed (u64), left (i32), seeded (i32), next (u64), then
 # the 624 Mersenne Twister words, each stored as a u64.
@@ -78,3 +81,9 @@ def phase_generator(seed: int) -> torch.Generator:
     """The generator of a voice's random starting phases: its own stream, apart from every
     voice's latents and from every other voice's phases (right channels included)."""
     return generator(seed ^ PHASE_STREAM)
+
+
+def corpus_generator(seed: int) -> torch.Generator:
+    """The generator of an item's corpus draws (source=corpus): its own stream, apart from every
+    voice's latents and phases."""
+    return generator(seed ^ CORPUS_STREAM)

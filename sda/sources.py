@@ -50,9 +50,6 @@ from sda.files import file_sha256
 from sda.model import read_checkpoint, resolve_checkpoint
 from sda.training_summary import TrainingSummary
 
-# Corpus draws use the stream of item_seed ^ CORPUS_STREAM: like sda.pipeline.PHASE_STREAM, a
-# constant above 2^33 keeps it apart from every latent stream, every phase stream and each other.
-CORPUS_STREAM = 0xC0A9D5 << 36
 # A source file with no sample above this level is silent: there is nothing to follow.
 SILENT_PEAK_DBFS = -60.0
 
@@ -298,7 +295,7 @@ class CorpusLatents(SpreadLatents):
 
     def rows(self, item_seed: int, count: int) -> torch.Tensor:
         """The training windows an item draws, in order (the first k are the same for any count)."""
-        generator = seeding.generator(item_seed ^ CORPUS_STREAM)
+        generator = seeding.corpus_generator(item_seed)
         return torch.randint(len(self.summary), (count,), generator=generator)
 
 
