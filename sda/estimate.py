@@ -201,7 +201,7 @@ def plan_lines(parts: list[PlanPart], needed_bytes: int, device_of: Any) -> list
     jobs = sum(part.jobs for part in parts)
     lines = [
         f"sda: plan: {files} file{'s' if files != 1 else ''} in {jobs} job{'s' if jobs != 1 else ''}, "
-        f"{duration_text(audio_s)} of audio ({'; '.join(kinds)}), about {_size(needed_bytes)} on disk"
+        f"{duration_text(audio_s)} of audio ({'; '.join(kinds)}), about {size_text(needed_bytes)} on disk"
     ]
     total_s, sources = 0.0, []
     for part in parts:
@@ -229,7 +229,8 @@ def plan_lines(parts: list[PlanPart], needed_bytes: int, device_of: Any) -> list
     return lines
 
 
-def _size(n_bytes: float) -> str:
+def size_text(n_bytes: float) -> str:
+    """A size in GB, MB or kB, as the plan and the disk check print it."""
     if n_bytes >= 1e9:
         return f"{n_bytes / 1e9:.1f} GB"
     return f"{n_bytes / 1e6:.0f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:.0f} kB"

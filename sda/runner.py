@@ -51,7 +51,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sda.config import GenerationConfig, OneshotChunking
 from sda.dsp.quality import RED_SILENT_PEAK_DBFS
+from sda.encode import EXTENSIONS
 from sda.errors import CheckpointError, OutputError, SdaError
+from sda.estimate import size_text
 from sda.files import write_json_atomic
 from sda.interruption import Interrupted, deferred
 from sda.locking import folder_lock, holds
@@ -77,6 +79,8 @@ from sda.report.spectrogram import SPECTROGRAM_PICTURE
 from sda.write_pool import WritePool, Written
 
 log = logging.getLogger("sda.run")
+
+AUDIO_SUFFIXES = frozenset(EXTENSIONS.values())
 
 # Sidecar key of the run token (see JobOutcome.run_token): which launch of sda.run made an output,
 # so that a run's summary can count what a job made even when its outcome.json is missing.
@@ -242,21 +246,18 @@ def check_output_folder(folder: Path, needed_bytes: int = 0) -> None:
         if existing == folder.absolute():
             raise OutputError(f"output folder {folder} is not writable")
         raise OutputError(f"cannot create output folder {folder}: {existing} is not writable")
-    if folder.is_dir():
+    if folder.is_dir():  # the audio already there counts (not sidecars, pictures or broken outputs)
         needed_bytes -= sum(
             p.stat().st_size
             for p in folder.rglob("gen_*")
-            if p.suffix != ".json" and p.is_file() and BROKEN_DIR not in p.relative_to(folder).parts
+            if p.suffix in AUDIO_SUFFIXES and p.is_file() and BROKEN_DIR not in p.relative_to(folder).parts
         )
     free = shutil.disk_usage(existing).free
     if needed_bytes > free:
         raise OutputError(
-            f"not enough disk space for {folder}: the outputs need about {_size(needed_bytes)}, {_size(free)} free"
+            f"not enough disk space for {folder}: "
+            f"the outputs need about {size_text(needed_bytes)}, {size_text(free)} free"
         )
-
-
-def _size(n_bytes: float) -> str:
-    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
 
 
 def _check_writable(folder: Path) -> None:

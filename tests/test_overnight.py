@@ -224,6 +224,12 @@ def test_outputs_already_in_the_folder_count_against_the_estimate(tmp_path):
     check_output_folder(tmp_path, free + 500)
     with pytest.raises(OutputError, match="not enough disk space"):
         check_output_folder(tmp_path, free + 10**9)
+    # the report's pictures and the sidecars are not audio already made: they count for nothing
+    (tmp_path / "spectrograms").mkdir()
+    (tmp_path / "spectrograms" / "gen_x_seed0_abc.png").write_bytes(b"\0" * 10**6)
+    (tmp_path / "gen_x_seed0.json").write_bytes(b"\0" * 10**6)
+    with pytest.raises(OutputError, match="not enough disk space"):
+        check_output_folder(tmp_path, free + 5000)
 
 
 # --------------------------------------------------------------------------------------------
