@@ -144,14 +144,7 @@ def run_path(
     cls = ReferencePipeline if path == "reference" else GenerationPipeline
 
     def make(duration: float) -> GenerationPipeline:
-        cfg = GenerationConfig(
-            duration_s=duration,
-            device=device,
-            batch_size=batch_size,
-            stereo=OPTIONS["stereo"][stereo](),
-            chunking=OPTIONS["chunking"][chunking](),
-        )
-        return cls(model, cfg)
+        return cls(model, _config(stereo, chunking, duration, device, batch_size))
 
     with tempfile.TemporaryDirectory() as tmp:
         for result in make(1.0).generate([10_000]):  # warm-up: caches, kernels, resamplers
@@ -204,10 +197,12 @@ def measure_in_child(**kwargs: Any) -> dict[str, Any]:
     return result
 
 
-def _config(stereo: str, chunking: str, duration_s: float, device: str) -> GenerationConfig:
+def _config(stereo: str, chunking: str, duration_s: float, device: str, batch_size: int = 0) -> GenerationConfig:
+    """The config of a measured render: the given options, every other setting its default."""
     return GenerationConfig(
         duration_s=duration_s,
         device=device,
+        batch_size=batch_size,
         stereo=OPTIONS["stereo"][stereo](),
         chunking=OPTIONS["chunking"][chunking](),
     )
