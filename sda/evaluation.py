@@ -293,7 +293,7 @@ def untrained_like(model: LoadedModel, seed: int) -> LoadedModel:
     # Layer initialisation draws from the global generator: fork it so no caller sees the change.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = MelVAE(model.settings, model.vae.hyper)
+        vae = type(model.vae)(model.settings, model.vae.hyper)
     vae.set_normalisation(model.vae.mel_mean.cpu().flatten(), model.vae.mel_std.cpu().flatten())
     vae.eval().requires_grad_(False).to(model.device)
     return LoadedModel(vae=vae, path=model.path, name=f"{model.name}-untrained", sha256="untrained", training={})
