@@ -313,7 +313,7 @@ def untrained_like(model: LoadedModel, seed: int) -> LoadedModel:
     # Layer initialization draws from the global generator: fork it so no caller sees the change.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = MelVAE(model.settings, model.vae.hyper)
+        vae = type(model.vae)(model.settings, model.vae.hyper)
     vae.set_normalization(model.vae.mel_mean.cpu().flatten(), model.vae.mel_std.cpu().flatten())
     vae.eval().requires_grad_(False).to(model.device)
     return LoadedModel(vae=vae, path=model.path, name=f"{model.name}-untrained", sha256="untrained", training={})

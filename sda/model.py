@@ -1,23 +1,25 @@
 """The convolutional VAE over log-mel windows, and its checkpoint format.
 
-A window is `[n_mels, frames]` log-mel (frames = 1 + window_samples // hop). The encoder sees it
-normalized per mel bin (mean/std of the training data, stored as buffers), padded at the top of
-the time axis to a multiple of 2**levels frames so every stride-2 level halves it exactly; the
-decoder mirrors that and crops back. Every layer's shape is fixed at construction from the
+A window is `[n_mels, frames]` log-mel (frames = 1 + window_samples // hop), seen by the model
+normalized per mel bin (mean/std of the training data, stored as buffers). `MelVAE` (format 3)
+reads the mel bins as channels along time and keeps a latent frame every 2**levels spectrogram
+frames; `GlobalLatentVAE` is the one-vector-per-window architecture of formats 1 and 2, still
+loaded and rendered. Both take and give latents as flat vectors `[batch, latent_size]`, the
+standard-normal draws the pipeline makes. Every layer's shape is fixed at construction from the
 spectrogram settings and the hyperparameters; nothing is created on first forward.
 
 Checkpoint: one file written by `torch.save` and read with `torch.load(weights_only=True)`, so
 loading a stranger's checkpoint never runs code from it. It holds a dict:
 
     format          "sda-checkpoint"
-    format_version  int (CHECKPOINT_FORMAT_VERSION)
-    hyperparameters ModelHyperparameters as a dict
+    format_version  int (CHECKPOINT_FORMAT_VERSION; 1 and 2: GlobalLatentVAE, 3: MelVAE)
+    hyperparameters ModelHyperparameters (GlobalLatentHyperparameters for 1 and 2) as a dict
     spectrogram     SpectrogramSettings as a dict (compared on load, never assumed)
     training        the training record (dataset fingerprint, epochs, losses, versions, config)
-    state_dict      tensors
-    training_summary  (format 2) the training windows' latents and novelty index, or None
-                    (sda.training_summary); a format-1 checkpoint has none: it loads, and the
-                    memorization check of its outputs is "unavailable"
+    state_dict      tensors (format 3: also the sampling prior, `prior_mean` and `prior_scale`)
+    training_summary  (format 2 and later) the training windows' latents and novelty index, or
+                    None (sda.training_summary); a format-1 checkpoint has none: it loads, and
+                    the memorization check of its outputs is "unavailable"
 """
 
 from __future__ import annotations
@@ -44,18 +46,24 @@ from sda.training_summary import TrainingSummary
 
 CHECKPOINT_FORMAT = "sda-checkpoint"
 # 2: the training_summary section (training windows' latents and novelty index).
-CHECKPOINT_FORMAT_VERSION = 2
+# 3: the time-resolved MelVAE with its fitted sampling prior.
+CHECKPOINT_FORMAT_VERSION = 3
+# Formats 1 and 2 hold the one-vector-per-window architecture (GlobalLatentVAE); 3 the time-resolved one.
+FIRST_TIME_RESOLVED_FORMAT = 3
 PACKAGED_MODELS_DIR = Path(__file__).parent / "models"
 
 
 @dataclass(unsafe_hash=True)
 class ModelHyperparameters(Sealed):
-    """Architecture of the VAE. `channels` lists the feature maps per stride-2 level. Also the
-    `model` schema of `sda.train` (`model.latent_dim=...`): sealed (read-only) once validated."""
+    """Architecture of the VAE. `channels` lists the feature maps per stride-2 level in time;
+    `latent_dim` is the numbers per latent frame, one latent frame per 2**len(channels)
+    spectrogram frames. Also the `model` schema of `sda.train` (`model.latent_dim=...`): sealed
+    (read-only) once validated."""
 
     KEY: ClassVar[str] = "model"
-    latent_dim: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    latent_dim: int = 16
+    channels: tuple[int, ...] = (128, 192, 256)
+    residual_blocks: int = 1
 
     def validate(self) -> None:
         check_range(f"{self.KEY}.latent_dim", self.latent_dim, 1, 1024)
@@ -63,21 +71,53 @@ class ModelHyperparameters(Sealed):
         if not channels or any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= 4096 for c in channels):
             raise ConfigError(f"{self.KEY}.channels", list(channels), "at least one level, each in [1, 4096]")
         object.__setattr__(self, "channels", channels)
+        check_range(f"{self.KEY}.residual_blocks", self.residual_blocks, 0, 8)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelHyperparameters:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(data) != known:
             raise CheckpointError(f"model hyperparameters hold keys {sorted(data)}; expected {sorted(known)}")
-        return cls(latent_dim=int(data["latent_dim"]), channels=tuple(data["channels"]))
+        return cls(
+            latent_dim=int(data["latent_dim"]),
+            channels=tuple(data["channels"]),
+            residual_blocks=int(data["residual_blocks"]),
+        )
 
 
 def _round_up(value: int, multiple: int) -> int:
     return math.ceil(value / multiple) * multiple
 
 
+class ResidualBlock(nn.Module):
+    """x + conv(SiLU(conv(SiLU(x)))), kernel 3 along time, the second conv dilated by 3 so a
+    block sees 9 frames at its level."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.first = nn.Conv1d(channels, channels, kernel_size=3, padding=1)
+        self.second = nn.Conv1d(channels, channels, kernel_size=3, padding=3, dilation=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.second(nn.functional.silu(self.first(nn.functional.silu(x))))
+
+
 class MelVAE(nn.Module):
-    """Convolutional VAE: `[batch, n_mels, frames]` log-mel <-> `[batch, latent_dim]` latents."""
+    """Convolutional VAE with a time-resolved latent (checkpoint format 3).
+
+    A log-mel window `[batch, n_mels, frames]` is read as `n_mels` channels along time: each
+    mel bin keeps its own weights, so the decoder can place a partial in one bin (a smeared
+    partial costs most of the spectral convergence after phase reconstruction). The encoder
+    halves time at each of `len(channels)` levels down to `latent_frames` latent frames of
+    `latent_dim` numbers; the decoder mirrors it with transposed convolutions and residual
+    blocks. Every layer's shape is fixed at construction.
+
+    Latents cross the interface (`encode`, `decode`) flattened, `[batch, latent_size]` with
+    latent_size = latent_dim * latent_frames, in the *sampling space*: standard-normal draws
+    decode to sound like the training data. `fit_prior` measures the aggregate posterior (mean
+    and full covariance, so latent frames of one window move together as the training audio
+    does) and stores its Cholesky factor: decode(z) runs the decoder on mean + L z, and encode
+    returns L^-1 (mu - mean). Until then the map is the identity."""
 
     def __init__(self, settings: SpectrogramSettings, hyper: ModelHyperparameters) -> None:
         super().__init__()
@@ -87,6 +127,122 @@ class MelVAE(nn.Module):
         scale = 2**levels
         self.n_mels = settings.n_mels
         self.frames = settings.window_frames
+        self.padded_frames = _round_up(self.frames, scale)
+        self.latent_frames = self.padded_frames // scale
+        self.latent_size = hyper.latent_dim * self.latent_frames
+
+        self.register_buffer("mel_mean", torch.zeros(self.n_mels, 1))
+        self.register_buffer("mel_std", torch.ones(self.n_mels, 1))
+        self.register_buffer("prior_mean", torch.zeros(self.latent_size))
+        self.register_buffer("prior_scale", torch.eye(self.latent_size))
+
+        encoder: list[nn.Module] = []
+        in_ch = self.n_mels
+        for out_ch in hyper.channels:
+            encoder += [nn.Conv1d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.SiLU()]
+            in_ch = out_ch
+        self.encoder = nn.Sequential(*encoder)
+        self.to_moments = nn.Conv1d(in_ch, 2 * hyper.latent_dim, kernel_size=3, padding=1)
+
+        self.from_latent = nn.Conv1d(hyper.latent_dim, hyper.channels[-1], kernel_size=3, padding=1)
+        decoder: list[nn.Module] = []
+        widths = list(hyper.channels[::-1]) + [hyper.channels[0]]
+        for i in range(levels):
+            # kernel 4 / stride 2: every output frame gets the same number of taps (no checkerboard)
+            decoder.append(nn.ConvTranspose1d(widths[i], widths[i + 1], kernel_size=4, stride=2, padding=1))
+            decoder += [ResidualBlock(widths[i + 1]) for _ in range(hyper.residual_blocks)]
+            decoder.append(nn.SiLU())
+        decoder.append(nn.Conv1d(widths[-1], self.n_mels, kernel_size=3, padding=1))
+        self.decoder = nn.Sequential(*decoder)
+
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-mel-bin statistics `[n_mels]` of the training log-mels."""
+        self.mel_mean.copy_(mean.reshape(self.n_mels, 1))
+        self.mel_std.copy_(std.clamp(min=1e-3).reshape(self.n_mels, 1))
+
+    def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return (log_mel - self.mel_mean) / self.mel_std
+
+    # -- the training space: latent grids [batch, latent_dim, latent_frames] ---------------------
+    def posterior(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[batch, n_mels, frames]` log-mel -> (mu, logvar), each `[batch, latent_dim, latent_frames]`."""
+        x = nn.functional.pad(self.normalize(log_mel), (0, self.padded_frames - self.frames), mode="replicate")
+        mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    def decode_grid(self, z: torch.Tensor) -> torch.Tensor:
+        """`[batch, latent_dim, latent_frames]` -> normalized log-mel `[batch, n_mels, frames]`."""
+        return self.decoder(nn.functional.silu(self.from_latent(z)))[..., : self.frames]
+
+    def forward(self, log_mel: torch.Tensor, generator: torch.Generator | None = None):
+        """Reparameterized pass for training: (normalized reconstruction, mu, logvar), the latents
+        as grids `[batch, latent_dim, latent_frames]`."""
+        mu, logvar = self.posterior(log_mel)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return self.decode_grid(mu + noise * torch.exp(0.5 * logvar)), mu, logvar
+
+    # -- the sampling space: flat latents [batch, latent_size] -----------------------------------
+    def encode(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[batch, n_mels, frames]` log-mel -> (mu, logvar) `[batch, latent_size]` in the sampling
+        space (logvar: the diagonal of the whitened posterior covariance)."""
+        mu, logvar = self.posterior(log_mel)
+        centred = (mu.flatten(1) - self.prior_mean).unsqueeze(-1)
+        white = torch.linalg.solve_triangular(self.prior_scale, centred, upper=False).squeeze(-1)
+        inverse = torch.linalg.solve_triangular(self.prior_scale, torch.eye(self.latent_size).to(mu), upper=False)
+        variance = logvar.flatten(1).exp() @ inverse.square().T
+        return white, variance.log()
+
+    def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
+        """`[batch, latent_size]` sampling-space latents -> normalized log-mel `[batch, n_mels, frames]`."""
+        grid = (self.prior_mean + z @ self.prior_scale.T).reshape(z.shape[0], self.hyper.latent_dim, self.latent_frames)
+        return self.decode_grid(grid)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """`[batch, latent_size]` latents -> log-mel windows `[batch, n_mels, frames]` (never negative)."""
+        return (self.decode_normalized(z) * self.mel_std + self.mel_mean).clamp(min=0.0)
+
+    def set_prior(self, mean: torch.Tensor, covariance: torch.Tensor) -> None:
+        """Make standard-normal latents decode like the aggregate posterior N(mean `[latent_size]`,
+        covariance `[latent_size, latent_size]`) of the training-space latents."""
+        self.prior_mean.copy_(mean)
+        self.prior_scale.copy_(torch.linalg.cholesky(covariance.double()))
+
+
+@dataclass(frozen=True)
+class GlobalLatentHyperparameters:
+    """Architecture of a format 1 or 2 checkpoint (GlobalLatentVAE): as read, never trained."""
+
+    latent_dim: int
+    channels: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"latent_dim": self.latent_dim, "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GlobalLatentHyperparameters:
+        if set(data) != {"latent_dim", "channels"}:
+            raise CheckpointError(
+                f"model hyperparameters hold keys {sorted(data)}; expected ['channels', 'latent_dim']"
+            )
+        checked = ModelHyperparameters(latent_dim=int(data["latent_dim"]), channels=tuple(data["channels"]))
+        return cls(latent_dim=checked.latent_dim, channels=checked.channels)
+
+
+class GlobalLatentVAE(nn.Module):
+    """The architecture of checkpoint formats 1 and 2, kept so those models still load and
+    render: one `latent_dim` vector per window, a 2-D convolutional encoder/decoder over
+    (mel, time) with `len(channels)` stride-2 levels. Same interface as MelVAE for inference
+    (`latent_size`, `encode`, `decode`); sda no longer trains it."""
+
+    def __init__(self, settings: SpectrogramSettings, hyper: GlobalLatentHyperparameters) -> None:
+        super().__init__()
+        self.settings = settings
+        self.hyper = hyper
+        levels = len(hyper.channels)
+        scale = 2**levels
+        self.n_mels = settings.n_mels
+        self.frames = settings.window_frames
+        self.latent_size = hyper.latent_dim
         self.padded_mels = _round_up(self.n_mels, scale)
         self.padded_frames = _round_up(self.frames, scale)
         self.bottom_shape = (hyper.channels[-1], self.padded_mels // scale, self.padded_frames // scale)
@@ -108,14 +264,12 @@ class MelVAE(nn.Module):
         decoder: list[nn.Module] = []
         chans = list(hyper.channels[::-1]) + [1]
         for i in range(levels):
-            # kernel 4 / stride 2: every output cell gets the same number of taps (no checkerboard)
             decoder.append(nn.ConvTranspose2d(chans[i], chans[i + 1], kernel_size=4, stride=2, padding=1))
             if i < levels - 1:
                 decoder.append(nn.SiLU())
         self.decoder = nn.Sequential(*decoder)
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Per-mel-bin statistics `[n_mels]` of the training log-mels."""
         self.mel_mean.copy_(mean.reshape(self.n_mels, 1))
         self.mel_std.copy_(std.clamp(min=1e-3).reshape(self.n_mels, 1))
 
@@ -124,15 +278,15 @@ class MelVAE(nn.Module):
 
     def encode(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`[batch, n_mels, frames]` log-mel -> (mu, logvar), each `[batch, latent_dim]`."""
-        x = self.normalize(log_mel)
         x = nn.functional.pad(
-            x, (0, self.padded_frames - self.frames, 0, self.padded_mels - self.n_mels), mode="replicate"
+            self.normalize(log_mel),
+            (0, self.padded_frames - self.frames, 0, self.padded_mels - self.n_mels),
+            mode="replicate",
         )
         h = self.encoder(x.unsqueeze(1)).flatten(1)
         return self.to_mu(h), self.to_logvar(h).clamp(-30.0, 20.0)
 
     def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
-        """`[batch, latent_dim]` -> normalized log-mel `[batch, n_mels, frames]` (the training target space)."""
         h = self.from_latent(z).reshape(z.shape[0], *self.bottom_shape)
         return self.decoder(h)[:, 0, : self.n_mels, : self.frames]
 
@@ -140,19 +294,12 @@ class MelVAE(nn.Module):
         """`[batch, latent_dim]` latents -> log-mel windows `[batch, n_mels, frames]` (never negative)."""
         return (self.decode_normalized(z) * self.mel_std + self.mel_mean).clamp(min=0.0)
 
-    def forward(self, log_mel: torch.Tensor, generator: torch.Generator | None = None):
-        """Reparameterized pass for training: returns (normalized reconstruction, mu, logvar)."""
-        mu, logvar = self.encode(log_mel)
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu + noise * torch.exp(0.5 * logvar)
-        return self.decode_normalized(z), mu, logvar
-
 
 @dataclass
 class LoadedModel:
     """A VAE ready for inference with what is known about where it came from."""
 
-    vae: MelVAE
+    vae: MelVAE | GlobalLatentVAE
     path: Path
     name: str
     sha256: str
@@ -165,13 +312,15 @@ class LoadedModel:
 
     @property
     def latent_dim(self) -> int:
-        return self.vae.hyper.latent_dim
+        """Numbers in one window's latent, the length of the vectors `decode` takes (for a
+        time-resolved model, latent frames x numbers per frame)."""
+        return self.vae.latent_size
 
     @property
     def device(self) -> torch.device:
         return self.vae.mel_mean.device
 
-    def decoding_copy(self, device: torch.device, dtype: torch.dtype) -> MelVAE:
+    def decoding_copy(self, device: torch.device, dtype: torch.dtype) -> MelVAE | GlobalLatentVAE:
         """A copy of the VAE on `device` in `dtype` for decoding, made once per model and
         reused by every pipeline (every job of a multirun) that asks for the same pair."""
         cache = self.__dict__.setdefault("_decoders", {})
@@ -182,7 +331,7 @@ class LoadedModel:
 
 
 def checkpoint_record(
-    vae: MelVAE,
+    vae: MelVAE | GlobalLatentVAE,
     training: dict[str, Any],
     state_dict: dict[str, torch.Tensor] | None = None,
     summary: TrainingSummary | None = None,
@@ -212,7 +361,7 @@ def save_torch_file(obj: Any, path: Path, *, replace: bool = False) -> Path:
 
 
 def save_checkpoint(
-    vae: MelVAE,
+    vae: MelVAE | GlobalLatentVAE,
     training: dict[str, Any],
     path: Path,
     *,
@@ -293,7 +442,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def read_training_summary(record: dict[str, Any], latent_dim: int, path: Path) -> TrainingSummary | None:
-    """The training summary of a checkpoint record (format 2), or None: format 1 had none."""
+    """The training summary of a checkpoint record (format 2 and later), or None: format 1 had none."""
     if record["format_version"] < 2 or record["training_summary"] is None:
         return None
     try:
@@ -302,14 +451,18 @@ def read_training_summary(record: dict[str, Any], latent_dim: int, path: Path) -
         raise CheckpointError(f"{str(path)!r}: {error}") from None
 
 
-def build_from_record(record: dict[str, Any], path: Path) -> MelVAE:
-    """Build the VAE the record describes and load its tensors, checking every shape."""
+def build_from_record(record: dict[str, Any], path: Path) -> MelVAE | GlobalLatentVAE:
+    """Build the VAE the record describes (the architecture of its format version) and load its
+    tensors, checking every shape."""
+    time_resolved = record["format_version"] >= FIRST_TIME_RESOLVED_FORMAT
     try:
         settings = SpectrogramSettings.from_dict(record["spectrogram"])
-        hyper = ModelHyperparameters.from_dict(record["hyperparameters"])
+        if time_resolved:
+            vae: MelVAE | GlobalLatentVAE = MelVAE(settings, ModelHyperparameters.from_dict(record["hyperparameters"]))
+        else:
+            vae = GlobalLatentVAE(settings, GlobalLatentHyperparameters.from_dict(record["hyperparameters"]))
     except (TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{str(path)!r} has invalid settings: {error}") from None
-    vae = MelVAE(settings, hyper)
     expected = vae.state_dict()
     stored = record["state_dict"]
     missing = sorted(set(expected) - set(stored))
@@ -358,5 +511,5 @@ def load_model(
         name=name,
         sha256=file_sha256(resolved),
         training=record["training"],
-        summary=read_training_summary(record, vae.hyper.latent_dim, resolved),
+        summary=read_training_summary(record, vae.latent_size, resolved),
     )

@@ -48,6 +48,7 @@ from sda.config import PhaseConfig, TrainConfig, resolve_device
 from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import AudioClip, LoadedDataset, load_audio_folder, printable
 from sda.data.windows import Augmentation, WindowSampler, silence_reason, split_by_file
+from sda.dsp.phase import mel_pseudo_inverse
 from sda.dsp.spectrogram import SpectrogramSettings, log_mel
 from sda.errors import DatasetError, SdaError
 from sda.model import MelVAE, read_checkpoint, save_checkpoint, save_torch_file
@@ -58,8 +59,12 @@ from sda.versions import versions
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "sda-train-state"
-STATE_FORMAT_VERSION = 2
+STATE_FORMAT_VERSION = 3  # 3: the time-resolved MelVAE (checkpoint format 3)
 ACTIVE_DIM_VARIANCE = 0.01
+PRIOR_HOP_FRACTION = 0.125  # windows for the sampling prior, this fraction of a window apart
+PRIOR_SHRINKAGE = 0.1
+# log1p mel magnitudes above this are clipped in the spectral loss: a full-scale sine gives about 6.2
+LOG_MEL_CEILING = 12.0
 # Settings a resumed run may change: how long and where it runs, not what it learns. The device
 # itself is compared by type (a generator's state belongs to one kind of device).
 RESUMABLE_KEYS = frozenset({"resume", "max_epochs", "max_minutes", "threads", "overwrite", "device"})
@@ -443,27 +448,37 @@ def make_generators(seed: int, device: torch.device) -> tuple[torch.Generator, t
 def _loss_terms(
     model: MelVAE, log_mels: torch.Tensor, generator: torch.Generator | None, sample: bool, spectral_weight: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(reconstruction per window [B], KL per dimension [B, D], mu [B, D], spectral convergence [B]).
+    """(reconstruction per window [B], KL per latent number [B, D * F], mu [B, D, F], spectral
+    convergence [B]); D numbers per latent frame, F latent frames.
 
     The reconstruction is the squared error of the normalized log-mel plus `spectral_weight`
-    times the spectral convergence of the mel magnitudes: the log error alone weights quiet
-    bins like loud ones and barely punishes a smeared partial, which is what the ear (and
-    spectral convergence after phase reconstruction) notices most. With `sample`, latents are
-    drawn with `generator`, which must be on the model's device."""
+    times the spectral convergence of the linear magnitude the phase stage will start from
+    (the pseudo-inverse of the mel projection, as `sda.dsp.phase.inverse_mel`), against the
+    same of the true log-mel. The log error alone weights quiet bins like loud ones, lets the
+    level sag (a log-domain mean under-shoots the energy) and ignores that the pseudo-inverse
+    amplifies errors in the narrow low-frequency mel bands many times over: what spectral
+    convergence after phase reconstruction (and the ear) notices most. The returned spectral
+    convergence is of the mel magnitudes. With `sample`, latents are drawn with `generator`,
+    which must be on the model's device."""
     if sample:
         recon, mu, logvar = model(log_mels, generator=generator)
     else:
-        mu, logvar = model.encode(log_mels)
-        recon = model.decode_normalized(mu)
+        mu, logvar = model.posterior(log_mels)
+        recon = model.decode_grid(mu)
     target = model.normalize(log_mels)
     reconstruction = (recon - target).pow(2).flatten(1).sum(dim=1)
-    decoded_mel = torch.expm1((recon * model.mel_std + model.mel_mean).clamp(min=0.0))
+    # capped so an untrained decoder's large outputs cannot overflow expm1 (inf, then NaN gradients)
+    decoded_mel = torch.expm1((recon * model.mel_std + model.mel_mean).clamp(min=0.0, max=LOG_MEL_CEILING))
     target_mel = torch.expm1(log_mels)
     convergence = (decoded_mel - target_mel).flatten(1).norm(dim=1) / target_mel.flatten(1).norm(dim=1).clamp(min=1e-6)
     if spectral_weight:
-        reconstruction = reconstruction + spectral_weight * convergence
+        inverse = mel_pseudo_inverse(model.settings, str(log_mels.device))  # [n_freqs, n_mels]
+        decoded_linear = torch.matmul(inverse, decoded_mel).clamp(min=0.0)
+        target_linear = torch.matmul(inverse, target_mel).clamp(min=0.0)
+        error = (decoded_linear - target_linear).flatten(1).norm(dim=1)
+        reconstruction = reconstruction + spectral_weight * error / target_linear.flatten(1).norm(dim=1).clamp(min=1e-6)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-    return reconstruction, kl, mu, convergence.detach()
+    return reconstruction, kl.flatten(1), mu, convergence.detach()
 
 
 def beta_at(epoch: int, cfg: TrainConfig) -> float:
@@ -520,15 +535,15 @@ def validate(
         sc_sum += convergence.sum().item()
         mus.append(mu)
     n = log_mels.shape[0]
-    mu_all = torch.cat(mus)
-    active = int((mu_all.var(dim=0, unbiased=False) > ACTIVE_DIM_VARIANCE).sum().item()) if n > 1 else 0
+    per_dim = torch.cat(mus).transpose(1, 2).flatten(0, 1)  # [windows * latent frames, D]
+    active = int((per_dim.var(dim=0, unbiased=False) > ACTIVE_DIM_VARIANCE).sum().item()) if n > 1 else 0
     recon, kl = recon_sum / n, kl_sum / n
     return ValidationFigures(recon, kl, recon + beta * kl, active, sc_sum / n)
 
 
 @torch.no_grad()
 def active_dimensions(model: MelVAE, data: TrainingData, cfg: TrainConfig) -> int:
-    """Latent dimensions whose posterior mean varies (variance > ACTIVE_DIM_VARIANCE) across every
+    """Latent dimensions (numbers per latent frame) whose posterior mean varies (variance > ACTIVE_DIM_VARIANCE) across every
     unaugmented training window and the validation windows, streamed in batches."""
     model.eval()
     device = model.mel_mean.device
@@ -537,7 +552,8 @@ def active_dimensions(model: MelVAE, data: TrainingData, cfg: TrainConfig) -> in
     total = torch.zeros(model.hyper.latent_dim, dtype=torch.float64, device=device)
     squares, count = torch.zeros_like(total), 0
     for log_mels in itertools.chain(batches, validation):
-        mu = model.encode(log_mels)[0].double()
+        # [windows, D, latent frames] -> one row per latent frame: D numbers, each a dimension
+        mu = model.posterior(log_mels)[0].transpose(1, 2).flatten(0, 1).double()
         total += mu.sum(dim=0)
         squares += mu.pow(2).sum(dim=0)
         count += mu.shape[0]
@@ -545,6 +561,33 @@ def active_dimensions(model: MelVAE, data: TrainingData, cfg: TrainConfig) -> in
         return 0
     variance = squares / count - (total / count).pow(2)
     return int((variance > ACTIVE_DIM_VARIANCE).sum().item())
+
+
+@torch.no_grad()
+def fit_prior(
+    model: MelVAE, clips: list[AudioClip], settings: SpectrogramSettings, silence_dbfs: float, device: torch.device
+) -> int:
+    """Fit the model's sampling prior (`MelVAE.set_prior`) to its aggregate posterior over the
+    training clips' windows, taken PRIOR_HOP_FRACTION of a window apart: the mean and covariance
+    of the posterior means plus the mean posterior variance, shrunk by PRIOR_SHRINKAGE towards
+    its diagonal (a few hundred windows estimate a covariance of a few hundred numbers poorly).
+    Returns the number of windows."""
+    hop = max(1, round(settings.window_samples * PRIOR_HOP_FRACTION))
+    sampler = WindowSampler(clips, settings.window_samples, hop, silence_dbfs, Augmentation.none())
+    model.eval()
+    means, variances = [], []
+    for batch in sampler.fixed_batches(64):
+        mu, logvar = model.posterior(log_mel(batch.to(device), settings))
+        means.append(mu.flatten(1).double())
+        variances.append(logvar.flatten(1).double().exp())
+    if not means:
+        return 0
+    mu, variance = torch.cat(means), torch.cat(variances)
+    spread = torch.cov(mu.T) if mu.shape[0] > 1 else torch.zeros(mu.shape[1], mu.shape[1]).to(mu)
+    covariance = spread + torch.diag(variance.mean(dim=0))
+    covariance = (1.0 - PRIOR_SHRINKAGE) * covariance + PRIOR_SHRINKAGE * torch.diag(covariance.diagonal())
+    model.set_prior(mu.mean(dim=0), covariance)
+    return int(mu.shape[0])
 
 
 def end_epoch(state: TrainState, row: EpochRecord, cfg: TrainConfig) -> None:
@@ -758,6 +801,7 @@ def _finish(
         best_loss, best_epoch = state.best.loss, state.best.epoch
     else:
         best_loss, best_epoch = last.validation_loss, last.epoch
+    prior_windows = fit_prior(state.model, data.train_clips, cfg.spectrogram, cfg.dataset.silence_dbfs, device)
     final = validate(state.model, data.validation_log_mels, cfg.beta, cfg.spectral_weight)
     fingerprint = data.dataset.fingerprint
     return TrainingRecord(
@@ -789,6 +833,7 @@ def _finish(
         validation_kl=final.kl,
         validation_mel_spectral_convergence=final.mel_spectral_convergence,
         active_latent_dims=active_dimensions(state.model, data, cfg),
+        prior_windows=prior_windows,
         latent_dim=cfg.model.latent_dim,
         wall_time_s=session.elapsed_before_s + time.perf_counter() - session.started,
         windows_seen=state.windows_seen,

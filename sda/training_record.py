@@ -97,8 +97,9 @@ class TrainingRecord:
     validation_reconstruction: float = math.nan
     validation_kl: float = math.nan
     validation_mel_spectral_convergence: float = math.nan
-    active_latent_dims: int = 0
+    active_latent_dims: int = 0  # of the latent_dim numbers per latent frame
     latent_dim: int = 0
+    prior_windows: int = 0  # training windows the sampling prior was fitted on (0: none, format 1-2)
     wall_time_s: float = math.nan
     windows_seen: int = 0
     windows_per_second: float = math.nan  # training windows per second of training steps, this session

@@ -127,7 +127,7 @@ def make_tiny_dataset(folder: Path, files: int = 6, seconds: float = 2.0) -> Pat
 
 TINY_MODEL = [
     "model.latent_dim=8",
-    "model.channels=[4,8,8]",
+    "model.channels=[32,32,32]",
     "batch_size=8",
     "checkpoint_every=2",
     "kl_warmup_epochs=2",

@@ -19,7 +19,7 @@ from sda.data.windows import split_by_file
 from sda.dsp.spectrogram import SpectrogramSettings, log_mel
 from sda.errors import ConfigError
 from sda.memorization import check_output
-from sda.model import MelVAE, ModelHyperparameters, checkpoint_record
+from sda.model import GlobalLatentHyperparameters, GlobalLatentVAE, checkpoint_record
 from sda.novelty import NEAR_COPY_DB
 from sda.outputs import save_result, verify_output
 from sda.preflight import compose_config
@@ -148,7 +148,7 @@ def test_rejected_copies_are_written_recorded_as_rejected_and_judged_again_on_re
 
 def test_a_format_1_checkpoint_renders_with_the_check_unavailable_and_refuses_corpus(tmp_path):
     torch.manual_seed(0)
-    vae = MelVAE(SpectrogramSettings(), ModelHyperparameters(latent_dim=8, channels=(4, 8, 8)))
+    vae = GlobalLatentVAE(SpectrogramSettings(), GlobalLatentHyperparameters(latent_dim=8, channels=(4, 8, 8)))
     record = checkpoint_record(vae, {"note": "format 1"})
     record["format_version"] = 1
     del record["training_summary"]

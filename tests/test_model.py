@@ -6,14 +6,17 @@ import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from sda.config import TrainConfig, to_train_config
+from sda.config import GenerationConfig, TrainConfig, to_train_config
 from sda.dsp.spectrogram import SpectrogramSettings, mel_filterbank
 from sda.errors import CheckpointError, OutputError
 from sda.model import (
     CHECKPOINT_FORMAT_VERSION,
+    GlobalLatentHyperparameters,
+    GlobalLatentVAE,
     MelVAE,
     ModelHyperparameters,
     checkpoint_record,
@@ -21,6 +24,7 @@ from sda.model import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from sda.pipeline import GenerationPipeline
 from sda.preflight import compose_config
 
 
@@ -57,9 +61,12 @@ def test_every_layer_is_built_at_construction_and_decoding_gives_mel_windows(set
     frames = 1 + round(settings.window_s * settings.sample_rate) // settings.hop_length
     log_mel = torch.rand(3, settings.n_mels, frames) * 4
     recon, mu, logvar = vae(log_mel, generator=torch.Generator().manual_seed(0))
-    decoded = vae.decode(torch.randn(5, hyper.latent_dim))
+    decoded = vae.decode(torch.randn(5, vae.latent_size))
+    latent_frames = -(-frames // 2 ** len(hyper.channels))  # one per 2**levels frames, rounded up
+    assert vae.latent_size == hyper.latent_dim * latent_frames
     assert recon.shape == (3, settings.n_mels, frames)
-    assert mu.shape == logvar.shape == (3, hyper.latent_dim)
+    assert mu.shape == logvar.shape == (3, hyper.latent_dim, latent_frames)
+    assert vae.encode(log_mel)[0].shape == (3, vae.latent_size)
     assert decoded.shape == (5, settings.n_mels, frames)
     assert decoded.min() >= 0, "a log1p magnitude is never negative"
     # a forward pass created nothing new: all shapes were fixed at construction
@@ -68,7 +75,7 @@ def test_every_layer_is_built_at_construction_and_decoding_gives_mel_windows(set
 
 def test_checkpoint_round_trip_restores_identical_decoding(saved: Path, small_vae: MelVAE):
     loaded = load_model(saved, "cpu")
-    z = torch.randn(4, 8)
+    z = torch.randn(4, loaded.latent_dim)
     assert torch.equal(loaded.vae.decode(z), small_vae.eval().decode(z))
     assert loaded.settings == small_vae.settings
     assert loaded.training == {"note": "test"}
@@ -90,13 +97,11 @@ def test_checkpoint_is_loaded_with_weights_only(saved: Path):
     }
 
 
-def test_a_format_1_checkpoint_still_loads_without_a_training_summary(tmp_path: Path, small_vae: MelVAE):
-    record = checkpoint_record(small_vae, {"note": "made before format 2"})
-    record["format_version"] = 1
-    del record["training_summary"]
-    torch.save(record, tmp_path / "v1.pt")
-    loaded = load_model(tmp_path / "v1.pt", "cpu")
-    assert loaded.summary is None and loaded.training["note"] == "made before format 2"
+def test_a_format_1_checkpoint_still_loads_without_a_training_summary(tmp_path: Path):
+    path, _ = _format_1_checkpoint(tmp_path / "v1.pt")
+    loaded = load_model(path, "cpu")
+    assert loaded.summary is None and loaded.training["note"] == "format 1"
+    record = torch.load(path, weights_only=True)
     record["format_version"] = 2  # format 2 must carry the section, even when it is empty
     torch.save(record, tmp_path / "v2.pt")
     assert "lacks its 'training_summary' section" in _one_line_error(tmp_path / "v2.pt")
@@ -158,11 +163,11 @@ def test_unknown_or_newer_format_version_is_refused(tmp_path: Path, small_vae: M
 
 def test_tensor_shape_mismatch_names_the_tensor(tmp_path: Path, small_vae: MelVAE):
     record = checkpoint_record(small_vae, {})
-    record["state_dict"]["to_mu.weight"] = torch.zeros(3, 3)
+    record["state_dict"]["to_moments.weight"] = torch.zeros(3, 3)
     path = tmp_path / "shape.pt"
     torch.save(record, path)
     message = _one_line_error(path)
-    assert "to_mu.weight" in message and "[3, 3]" in message
+    assert "to_moments.weight" in message and "[3, 3]" in message
 
 
 def test_spectrogram_settings_are_compared_not_assumed(saved: Path, small_vae: MelVAE):
@@ -177,7 +182,7 @@ def test_the_train_schema_builds_the_model_with_the_same_sealed_hashable_types(t
     cfg = to_train_config(compose_config("train", overrides, TrainConfig))
     assert type(cfg.model) is ModelHyperparameters and type(cfg.spectrogram) is SpectrogramSettings
     vae = MelVAE(cfg.spectrogram, cfg.model)
-    assert vae.to_mu.out_features == 8 and vae.n_mels == 64
+    assert vae.to_moments.out_channels == 2 * 8 and vae.n_mels == 64
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.spectrogram.n_mels = 80
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -192,7 +197,7 @@ def test_the_train_schema_builds_the_model_with_the_same_sealed_hashable_types(t
     shipped = torch.load(resolve_checkpoint("default"), weights_only=True)
     record = checkpoint_record(vae, {})
     assert record["spectrogram"].keys() == shipped["spectrogram"].keys()
-    assert record["hyperparameters"] == {"latent_dim": 8, "channels": [4, 8, 8]}
+    assert record["hyperparameters"] == {"latent_dim": 8, "channels": [4, 8, 8], "residual_blocks": 1}
     assert SpectrogramSettings.from_dict(shipped["spectrogram"]) == SpectrogramSettings()
     record["hyperparameters"]["latent_dim"] = 0
     torch.save(record, tmp_path / "zero.pt")
@@ -233,3 +238,65 @@ def test_a_checkpoint_is_never_overwritten_unless_asked(saved, small_vae, tmp_pa
     save_checkpoint(small_vae, {"note": "second"}, saved, replace=True)
     assert load_model(saved).training["note"] == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == [saved.name], "no temporary file left"
+
+
+def test_the_sampling_prior_moves_samples_not_reconstructions(small_vae: MelVAE):
+    """After `set_prior`, standard-normal latents decode as draws from the given Gaussian over
+    the latent grids, while encode -> decode still reconstructs exactly as the bare decoder."""
+    size = small_vae.latent_size
+    g = torch.Generator().manual_seed(0)
+    factor = torch.randn(size, size, generator=g) / size**0.5
+    mean, covariance = torch.randn(size, generator=g), factor @ factor.T + 0.1 * torch.eye(size)
+    log_mel = torch.rand(4, small_vae.n_mels, small_vae.frames, generator=g) * 3
+    small_vae.eval()
+    with torch.no_grad():
+        before = small_vae.decode_grid(small_vae.posterior(log_mel)[0])
+        small_vae.set_prior(mean, covariance)
+        z, _ = small_vae.encode(log_mel)
+        assert torch.allclose(small_vae.decode_normalized(z), before, atol=1e-5)
+        draws = torch.randn(20000, size, generator=g)
+        grids = small_vae.prior_mean + draws @ small_vae.prior_scale.T
+    assert torch.allclose(grids.mean(dim=0), mean, atol=0.05)
+    assert torch.allclose(torch.cov(grids.T), covariance, atol=0.05)
+
+
+def _format_1_checkpoint(path: Path) -> tuple[Path, GlobalLatentVAE]:
+    """A checkpoint as sda wrote it before format 3: one latent vector per window."""
+    torch.manual_seed(0)
+    vae = GlobalLatentVAE(SpectrogramSettings(), GlobalLatentHyperparameters(latent_dim=8, channels=(4, 8, 8)))
+    vae.set_normalization(torch.full((vae.n_mels,), 2.0), torch.ones(vae.n_mels))
+    record = {
+        "format": "sda-checkpoint",
+        "format_version": 1,
+        "hyperparameters": {"latent_dim": 8, "channels": [4, 8, 8]},
+        "spectrogram": SpectrogramSettings().to_dict(),
+        "training": {"note": "format 1"},
+        "state_dict": vae.state_dict(),
+    }
+    torch.save(record, path)
+    return path, vae.eval()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_checkpoint_of_the_previous_architecture_still_loads_and_renders(tmp_path: Path, version: int):
+    path, original = _format_1_checkpoint(tmp_path / "old.pt")
+    record = torch.load(path, weights_only=True)
+    record["format_version"] = version
+    if version == 2:
+        record["training_summary"] = None  # format 2 carries the section (None: saved without one)
+    torch.save(record, path)
+    loaded = load_model(path, "cpu")
+    assert isinstance(loaded.vae, GlobalLatentVAE) and loaded.latent_dim == 8
+    z = torch.randn(3, 8)
+    assert torch.equal(loaded.vae.decode(z), original.decode(z))
+    result = GenerationPipeline(loaded, GenerationConfig(duration_s=1.0, device="cpu")).generate([5])[0]
+    assert result.frames == 48000 and np.isfinite(result.audio).all() and np.abs(result.audio).max() > 0.5
+
+
+def test_old_hyperparameters_under_the_new_format_are_one_line(tmp_path: Path):
+    path, _ = _format_1_checkpoint(tmp_path / "old.pt")
+    record = torch.load(path, weights_only=True)
+    record["format_version"] = CHECKPOINT_FORMAT_VERSION
+    record["training_summary"] = None
+    torch.save(record, path)
+    assert "expected ['channels', 'latent_dim', 'residual_blocks']" in _one_line_error(path)

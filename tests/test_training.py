@@ -17,7 +17,7 @@ import torch
 
 from sda.config import EvaluateConfig, TrainConfig, to_evaluate_config, to_train_config
 from sda.data.folder import load_audio_folder
-from sda.data.windows import Augmentation, WindowSampler
+from sda.data.windows import Augmentation, WindowSampler, split_by_file
 from sda.dsp.spectrogram import log_mel
 from sda.errors import SdaError
 from sda.evaluation import evaluate_model, untrained_like
@@ -50,7 +50,8 @@ def test_training_command_makes_a_model_that_reconstructs_better_than_untrained(
     record = TrainingRecord.from_dict(model.training)
     assert record.epochs == 40 and len(record.history) == 40 and record.dataset.file_count == 6
     assert record.config["name"] == "tiny" and "dataset.path=" in record.command
-    assert record.config["model"] == {"latent_dim": 8, "channels": [4, 8, 8]} == model.vae.hyper.to_dict()
+    assert record.config["model"] == {"latent_dim": 8, "channels": [32, 32, 32], "residual_blocks": 1}
+    assert record.config["model"] == model.vae.hyper.to_dict()
     assert record.windows_per_second > 0 and record.wall_time_s > 0
     assert 0 <= record.active_latent_dims <= 8
 
@@ -74,6 +75,22 @@ def _train_cfg(dataset: Path, models: Path, *extra: str) -> TrainConfig:
 def _same_weights(a: TrainingResult, b: TrainingResult) -> bool:
     first, second = (load_model(r.model_path).vae.state_dict() for r in (a, b))
     return all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_standard_normal_latents_are_drawn_from_the_training_windows_aggregate_posterior(tiny_dataset, tmp_path):
+    result = train_model(_train_cfg(tiny_dataset, tmp_path, "max_epochs=2", "device=cpu"), show_progress=False)
+    vae = load_model(result.model_path).vae
+    clips, _ = split_by_file(list(load_audio_folder(tiny_dataset).clips), 0.15, 0)  # the run's split
+    windows = WindowSampler(clips, 48000, 48000 // 8, -60.0, Augmentation.none()).fixed_windows()
+    assert result.record.prior_windows == windows.shape[0] > 20
+    with torch.no_grad():
+        mu = vae.posterior(log_mel(windows, vae.settings))[0].flatten(1).double()
+    assert torch.allclose(vae.prior_mean.double(), mu.mean(dim=0), atol=1e-5)
+    # the prior's covariance holds the posterior means' covariance (shrunk by 10 % to its diagonal)
+    covariance = (vae.prior_scale @ vae.prior_scale.T).double()
+    off_diagonal = ~torch.eye(vae.latent_size, dtype=torch.bool)
+    assert torch.allclose(covariance[off_diagonal], 0.9 * torch.cov(mu.T)[off_diagonal], atol=1e-5)
+    assert (covariance.diagonal() > torch.cov(mu.T).diagonal()).all(), "plus the posterior's own variance"
 
 
 def test_training_is_deterministic_for_a_seed_on_cpu(tiny_dataset: Path, tmp_path: Path):
@@ -139,7 +156,8 @@ def test_the_shipped_models_record_reads_through_training_record():
     record = TrainingRecord.from_dict(stored)
     written = record.to_dict()
     # every field it holds is a field of TrainingRecord; fields added since take their defaults
-    assert {k: v for k, v in written.items() if k != "dataset"} == {k: v for k, v in stored.items() if k != "dataset"}
+    assert {k: written[k] for k in stored if k != "dataset"} == {k: v for k, v in stored.items() if k != "dataset"}
+    assert set(written) - set(stored) <= {"prior_windows"} and record.prior_windows == 0  # format 2: no prior
     assert {k: written["dataset"][k] for k in stored["dataset"]} == stored["dataset"]
     assert record.dataset.short_files == 0 and record.dataset.train_window_files == 0
     assert record.dataset.file_count == 48 and record.epochs == len(record.history) > 0
