@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "sda-train-state"
 STATE_FORMAT_VERSION = 2
 ACTIVE_DIM_VARIANCE = 0.01
+# Decoded log1p-mel magnitudes above this are clipped before expm1 in the spectral figures: a
+# full-scale sine gives about 6.2, and an unstable decoder's outputs (a corpus whose validation
+# windows lie far outside the training statistics) would otherwise overflow float32 to inf, which
+# the training record (JSON) cannot hold and which would poison the spectral loss's gradients.
+LOG_MEL_CEILING = 12.0
 # Settings a resumed run may change: how long and where it runs, not what it learns. The device
 # itself is compared by type (a generator's state belongs to one kind of device).
 RESUMABLE_KEYS = frozenset({"resume", "max_epochs", "max_minutes", "threads", "overwrite", "device"})
@@ -457,7 +462,7 @@ def _loss_terms(
         recon = model.decode_normalized(mu)
     target = model.normalize(log_mels)
     reconstruction = (recon - target).pow(2).flatten(1).sum(dim=1)
-    decoded_mel = torch.expm1((recon * model.mel_std + model.mel_mean).clamp(min=0.0))
+    decoded_mel = torch.expm1((recon * model.mel_std + model.mel_mean).clamp(min=0.0, max=LOG_MEL_CEILING))
     target_mel = torch.expm1(log_mels)
     convergence = (decoded_mel - target_mel).flatten(1).norm(dim=1) / target_mel.flatten(1).norm(dim=1).clamp(min=1e-6)
     if spectral_weight:

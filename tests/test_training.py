@@ -3,6 +3,7 @@ and on a GPU, when there is one."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,12 +19,12 @@ import torch
 from sda.config import EvaluateConfig, TrainConfig, to_evaluate_config, to_train_config
 from sda.data.folder import load_audio_folder
 from sda.data.windows import Augmentation, WindowSampler
-from sda.dsp.spectrogram import log_mel
+from sda.dsp.spectrogram import SpectrogramSettings, log_mel
 from sda.errors import SdaError
 from sda.evaluation import evaluate_model, untrained_like
-from sda.model import load_model
+from sda.model import MelVAE, ModelHyperparameters, load_model
 from sda.preflight import compose_config
-from sda.training import STATE_FORMAT_VERSION, TrainingResult, train_model
+from sda.training import STATE_FORMAT_VERSION, TrainingResult, _loss_terms, train_model
 from sda.training_record import EpochRecord, TrainingRecord
 from tests.helpers import TINY_MODEL, has_cuda, make_tiny_dataset, run_sda
 
@@ -343,3 +344,20 @@ def test_device_auto_trains_on_the_gpu_and_the_model_evaluates_there_and_renders
     frames, rate, peak, finite = render.stdout.split()
     assert int(frames) == int(rate) and finite == "True"
     assert 10 ** (-1.0001 / 20) <= float(peak) <= 10 ** (-1 / 20)  # every render peaks at -1 dBFS
+
+
+def test_an_unstable_decoder_gives_finite_spectral_figures_the_record_can_hold():
+    # A corpus whose validation windows lie far outside the training statistics (measured: the
+    # sonic-pi textures) made the decoder's log-mel reach past float32's expm1, and the finished
+    # training died writing an inf into its JSON record. The spectral figures are capped instead.
+    torch.manual_seed(0)
+    settings = SpectrogramSettings(n_fft=1024, hop_length=256, n_mels=64, window_s=0.5)
+    vae = MelVAE(settings, ModelHyperparameters(latent_dim=8, channels=(4, 8, 8)))
+    vae.decoder[-1].bias.data.fill_(200.0)  # normalized outputs of ~200: log-mel far past 88.7
+    windows = torch.randn(3, settings.window_samples) * 0.1
+    log_mels = log_mel(windows, settings)
+    assert torch.isinf(torch.expm1(vae.decode_normalized(vae.encode(log_mels)[0]) * vae.mel_std + vae.mel_mean)).any()
+    reconstruction, kl, _, convergence = _loss_terms(vae, log_mels, None, sample=False, spectral_weight=1.0)
+    assert torch.isfinite(convergence).all() and torch.isfinite(reconstruction).all() and torch.isfinite(kl).all()
+    assert (convergence > 1.0).all()  # still scored as the failure it is
+    json.dumps({"validation_mel_spectral_convergence": float(convergence.mean())}, allow_nan=False)
