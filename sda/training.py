@@ -48,7 +48,7 @@ from sda.config import PhaseConfig, TrainConfig, resolve_device
 from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import AudioClip, LoadedDataset, load_audio_folder, printable
 from sda.data.windows import Augmentation, WindowSampler, silence_reason, split_by_file
-from sda.dsp.spectrogram import SpectrogramSettings, log_mel
+from sda.dsp.spectrogram import SpectrogramSettings, decompress, log_mel
 from sda.errors import DatasetError, SdaError
 from sda.model import MelVAE, read_checkpoint, save_checkpoint, save_torch_file
 from sda.training_record import DatasetRecord, EpochRecord, MachineRecord, TrainingRecord
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "sda-train-state"
 STATE_FORMAT_VERSION = 2
 ACTIVE_DIM_VARIANCE = 0.01
-# Decoded log1p-mel magnitudes above this are clipped before expm1 in the spectral figures: a
+# Decoded log1p-mel magnitudes above this are clipped before `decompress` in the spectral figures: a
 # full-scale sine gives about 6.2, and an unstable decoder's outputs (a corpus whose validation
 # windows lie far outside the training statistics) would otherwise overflow float32 to inf, which
 # the training record (JSON) cannot hold and which would poison the spectral loss's gradients.
@@ -462,8 +462,8 @@ def _loss_terms(
         recon = model.decode_normalized(mu)
     target = model.normalize(log_mels)
     reconstruction = (recon - target).pow(2).flatten(1).sum(dim=1)
-    decoded_mel = torch.expm1((recon * model.mel_std + model.mel_mean).clamp(min=0.0, max=LOG_MEL_CEILING))
-    target_mel = torch.expm1(log_mels)
+    decoded_mel = decompress((recon * model.mel_std + model.mel_mean).clamp(max=LOG_MEL_CEILING))
+    target_mel = decompress(log_mels)
     convergence = (decoded_mel - target_mel).flatten(1).norm(dim=1) / target_mel.flatten(1).norm(dim=1).clamp(min=1e-6)
     if spectral_weight:
         reconstruction = reconstruction + spectral_weight * convergence
