@@ -49,7 +49,7 @@ from sda.data.corpus import ensure_demo_corpus
 from sda.data.folder import AudioClip, LoadedDataset, load_audio_folder, printable
 from sda.data.windows import Augmentation, WindowSampler, silence_reason, split_by_file
 from sda.dsp.phase import mel_pseudo_inverse
-from sda.dsp.spectrogram import SpectrogramSettings, log_mel
+from sda.dsp.spectrogram import SpectrogramSettings, decompress, log_mel
 from sda.errors import DatasetError, SdaError
 from sda.model import MelVAE, read_checkpoint, save_checkpoint, save_torch_file
 from sda.training_record import DatasetRecord, EpochRecord, MachineRecord, TrainingRecord
@@ -63,7 +63,10 @@ STATE_FORMAT_VERSION = 3  # 3: the time-resolved MelVAE (checkpoint format 3)
 ACTIVE_DIM_VARIANCE = 0.01
 PRIOR_HOP_FRACTION = 0.125  # windows for the sampling prior, this fraction of a window apart
 PRIOR_SHRINKAGE = 0.1
-# log1p mel magnitudes above this are clipped in the spectral loss: a full-scale sine gives about 6.2
+# Decoded log1p-mel magnitudes above this are clipped before `decompress` in the spectral figures: a
+# full-scale sine gives about 6.2, and an unstable decoder's outputs (a corpus whose validation
+# windows lie far outside the training statistics) would otherwise overflow float32 to inf, which
+# the training record (JSON) cannot hold and which would poison the spectral loss's gradients.
 LOG_MEL_CEILING = 12.0
 # Settings a resumed run may change: how long and where it runs, not what it learns. The device
 # itself is compared by type (a generator's state belongs to one kind of device).
@@ -467,9 +470,8 @@ def _loss_terms(
         recon = model.decode_grid(mu)
     target = model.normalize(log_mels)
     reconstruction = (recon - target).pow(2).flatten(1).sum(dim=1)
-    # capped so an untrained decoder's large outputs cannot overflow expm1 (inf, then NaN gradients)
-    decoded_mel = torch.expm1((recon * model.mel_std + model.mel_mean).clamp(min=0.0, max=LOG_MEL_CEILING))
-    target_mel = torch.expm1(log_mels)
+    decoded_mel = decompress((recon * model.mel_std + model.mel_mean).clamp(max=LOG_MEL_CEILING))
+    target_mel = decompress(log_mels)
     convergence = (decoded_mel - target_mel).flatten(1).norm(dim=1) / target_mel.flatten(1).norm(dim=1).clamp(min=1e-6)
     if spectral_weight:
         inverse = mel_pseudo_inverse(model.settings, str(log_mels.device))  # [n_freqs, n_mels]
@@ -543,8 +545,9 @@ def validate(
 
 @torch.no_grad()
 def active_dimensions(model: MelVAE, data: TrainingData, cfg: TrainConfig) -> int:
-    """Latent dimensions (numbers per latent frame) whose posterior mean varies (variance > ACTIVE_DIM_VARIANCE) across every
-    unaugmented training window and the validation windows, streamed in batches."""
+    """Latent dimensions (numbers per latent frame) whose posterior mean varies (variance >
+    ACTIVE_DIM_VARIANCE) across every unaugmented training window and the validation windows,
+    streamed in batches."""
     model.eval()
     device = model.mel_mean.device
     batches = (log_mel(batch.to(device), cfg.spectrogram) for batch in data.train_sampler.fixed_batches(64))

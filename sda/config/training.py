@@ -58,7 +58,7 @@ class TrainConfig(Sealed):
     beta: float = 1.0
     kl_warmup_epochs: int = 40
     free_bits: float = 0.05
-    spectral_weight: float = 0.0
+    spectral_weight: float = 1000.0
     grad_clip: float = 5.0
     patience: int = 40
     min_delta: float = 0.0
