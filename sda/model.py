@@ -89,6 +89,22 @@ def _round_up(value: int, multiple: int) -> int:
     return math.ceil(value / multiple) * multiple
 
 
+def conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)`; in float64 on a CPU (generation's decoder, sda.pipeline.DECODE_DTYPE) as one
+    matrix product over the kernel's shifted copies of `x`. The same sums: torch has no fast
+    float64 CPU convolution, and its fallback loops over the batch (dilated: over every sample's
+    every row), which made the decoder 40 % slower than this (measured on 320 windows)."""
+    if x.dtype != torch.float64 or x.device.type != "cpu" or conv.stride != (1,) or conv.groups != 1:
+        return conv(x)
+    (kernel,), (dilation,), (padding,) = conv.kernel_size, conv.dilation, conv.padding
+    frames = x.shape[-1] + 2 * padding - dilation * (kernel - 1)
+    padded = nn.functional.pad(x, (padding, padding))
+    columns = torch.cat([padded[..., k * dilation : k * dilation + frames] for k in range(kernel)], dim=1)
+    weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, kernel * conv.in_channels)
+    out = torch.matmul(weight, columns)
+    return out if conv.bias is None else out + conv.bias[:, None]
+
+
 class ResidualBlock(nn.Module):
     """x + conv(SiLU(conv(SiLU(x)))), kernel 3 along time, the second conv dilated by 3 so a
     block sees 9 frames at its level."""
@@ -99,7 +115,7 @@ class ResidualBlock(nn.Module):
         self.second = nn.Conv1d(channels, channels, kernel_size=3, padding=3, dilation=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.second(nn.functional.silu(self.first(nn.functional.silu(x))))
+        return x + conv1d(self.second, nn.functional.silu(conv1d(self.first, nn.functional.silu(x))))
 
 
 class MelVAE(nn.Module):
@@ -172,7 +188,10 @@ class MelVAE(nn.Module):
 
     def decode_grid(self, z: torch.Tensor) -> torch.Tensor:
         """`[batch, latent_dim, latent_frames]` -> normalized log-mel `[batch, n_mels, frames]`."""
-        return self.decoder(nn.functional.silu(self.from_latent(z)))[..., : self.frames]
+        h = nn.functional.silu(conv1d(self.from_latent, z))
+        for layer in self.decoder:
+            h = conv1d(layer, h) if isinstance(layer, nn.Conv1d) else layer(h)
+        return h[..., : self.frames]
 
     def forward(self, log_mel: torch.Tensor, generator: torch.Generator | None = None):
         """Reparameterized pass for training: (normalized reconstruction, mu, logvar), the latents
