@@ -222,8 +222,9 @@ def test_shipped_default_model_loads_and_is_small():
         assert key in record, key
     assert {"file_count", "total_seconds", "content_hash"} <= set(record["dataset"])
     assert "dataset=demo" in record["command"]
-    # format 2: the training windows' latents, the training audio's index and the model's renditions
-    assert torch.load(loaded.path, weights_only=True)["format_version"] == 2
+    # format 3: the time-resolved model; since format 2 also the training windows' latents, the
+    # training audio's index and the model's renditions
+    assert torch.load(loaded.path, weights_only=True)["format_version"] == 3
     summary = loaded.summary
     assert summary is not None and summary.novelty is not None and summary.renditions is not None
     assert len(summary) == len(summary.renditions) == record["dataset"]["train_windows"]

@@ -206,13 +206,15 @@ class Bound:
 
 # The determinism contract's bounds (README, Determinism). Phase reconstruction turns a difference
 # of one float32 rounding step in a spectrogram into another waveform of the same sound: over 24
-# seeds of each chunking mode, `python -m sda.numerics --rounding-sensitivity 24` measured a peak
-# difference of median -52.1 / -49.8 dBFS (crossfade / latent_interp), worst -21.7 dBFS
-# (latent_interp seed 0), and a log-spectral distance of median 0.065 / 0.074 dB, worst 0.42 dB.
-# Another device's or another batch's arithmetic is such a difference, so both bounds rest on that
-# worst case, with a margin.
+# seeds of each chunking mode, `python -m sda.numerics --rounding-sensitivity 24` measured with the
+# shipped (format 3) model a peak difference of median -53.3 / -53.1 dBFS (crossfade /
+# latent_interp), worst -18.2 dBFS (latent_interp seed 11), and a log-spectral distance of median
+# 0.054 dB, worst 0.42 dB (the earlier, format 2 model: worst -21.7 dBFS, 0.42 dB). Another
+# device's or another batch's arithmetic is such a difference, so both bounds rest on that worst
+# case, with a margin.
 # GPU against CPU, worst measured on an H200 (torch 2.11.0+cu130, `pytest -m gpu -s
-# tests/test_gpu.py`): -21.9 dBFS, 0.41 dB (latent_interp seed 0, as above).
+# tests/test_gpu.py`) with the format 2 model: -21.9 dBFS, 0.41 dB (its most sensitive seed).
+# Not yet measured with the format 3 model (no GPU was at hand).
 GPU_VS_CPU = Bound(peak_dbfs=-15.0, lsd_db=0.75)
 # On a GPU, an item alone against in a batch, worst measured on the H200: -77.8 dBFS, 0.018 dB;
 # the few values a batch changes are a rounding difference too, so the promise is the same.
