@@ -165,12 +165,11 @@ def test_the_shipped_models_record_reads_through_training_record():
     stored = load_model("default").training
     record = TrainingRecord.from_dict(stored)
     written = record.to_dict()
-    # every field it holds is a field of TrainingRecord; fields added since take their defaults
-    assert {k: written[k] for k in stored if k != "dataset"} == {k: v for k, v in stored.items() if k != "dataset"}
-    assert set(written) - set(stored) <= {"prior_windows"} and record.prior_windows == 0  # format 2: no prior
-    assert {k: written["dataset"][k] for k in stored["dataset"]} == stored["dataset"]
-    assert record.dataset.short_files == 0 and record.dataset.train_window_files == 0
-    assert record.dataset.file_count == 48 and record.epochs == len(record.history) > 0
+    # every field it holds is a field of TrainingRecord, and it holds them all (format 3)
+    assert written == stored
+    assert record.prior_windows > record.dataset.train_windows > 0  # the prior: windows 1/8 apart
+    assert 0 < record.dataset.train_window_files < record.dataset.file_count == 48
+    assert record.epochs == len(record.history) > 0
     assert record.history[record.best_epoch - 1].validation_loss == record.best_validation_loss
     assert record.versions["torch_version"] and record.machine.device == "cpu"
     assert record.summary("default.pt").startswith("saved default.pt | 48 files, 195.2 s | ")
@@ -387,3 +386,21 @@ def test_an_unstable_decoder_gives_finite_spectral_figures_the_record_can_hold()
     reconstruction, kl, _, convergence = _loss_terms(vae, log_mels, None, sample=False, spectral_weight=1.0)
     assert torch.isfinite(convergence).all() and torch.isfinite(reconstruction).all() and torch.isfinite(kl).all()
     assert (convergence > 1.0).all()  # still scored as the failure it is
+
+
+def test_training_in_a_process_that_generated_first_can_backpropagate_the_spectral_loss():
+    # Generation runs in inference mode; the mel pseudo-inverse it caches is also the spectral
+    # loss's, which autograd must save: a cached inference tensor made every later training step
+    # in that process fail ("Inference tensors cannot be saved for backward").
+    from sda import GenerationConfig, GenerationPipeline
+    from sda.dsp.phase import mel_pseudo_inverse
+
+    mel_pseudo_inverse.cache_clear()
+    model = load_model("default")
+    GenerationPipeline(model, GenerationConfig(duration_s=0.5, device="cpu")).generate([0])
+    torch.manual_seed(0)
+    vae = MelVAE(model.settings, ModelHyperparameters(latent_dim=4, channels=(8, 8, 8)))
+    log_mels = log_mel(torch.randn(2, model.settings.window_samples) * 0.1, model.settings)
+    reconstruction, kl, _, _ = _loss_terms(vae, log_mels, None, sample=False, spectral_weight=1000.0)
+    (reconstruction.sum() + kl.sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vae.decoder.parameters())

@@ -31,9 +31,13 @@ _EPS = 1e-8
 
 @functools.lru_cache(maxsize=16)
 def mel_pseudo_inverse(settings: SpectrogramSettings, device: str = "cpu") -> torch.Tensor:
-    """`[n_freqs, n_mels]` Moore-Penrose pseudo-inverse of the mel projection, built once."""
-    fb = mel_filterbank(settings, "cpu").double()  # [n_freqs, n_mels]; mel = fb^T @ linear
-    return torch.linalg.pinv(fb.T).float().to(device)
+    """`[n_freqs, n_mels]` Moore-Penrose pseudo-inverse of the mel projection, built once.
+
+    Built outside inference mode even when first asked for inside it (generation), so that the
+    cached tensor also serves training's loss, which autograd must be able to save."""
+    with torch.inference_mode(False):
+        fb = mel_filterbank(settings, "cpu").double()  # [n_freqs, n_mels]; mel = fb^T @ linear
+        return torch.linalg.pinv(fb.T).float().to(device)
 
 
 def inverse_mel(mel: torch.Tensor, settings: SpectrogramSettings, method: str = "pinv") -> torch.Tensor:
