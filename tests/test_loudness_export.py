@@ -47,7 +47,9 @@ def torchaudio_lufs(audio: torch.Tensor, rate: int) -> float:
 def test_files_reach_their_loudness_target_under_the_true_peak_ceiling(shipped, tmp_path, format, bit_depth, rate):
     export = export_config(format, bit_depth, rate, normalize="loudness", loudness_lufs=-26.0, true_peak_dbtp=-2.0)
     config = GenerationConfig(duration_s=0.6, device="cpu", export=export, phase=PhaseConfig(iterations=4))
-    [result] = GenerationPipeline(shipped, config).generate([11])
+    # A seed whose render can reach -26 LUFS under -2 dBTP (a crest factor under 24 dB: 15 dB for
+    # seed 4 with the shipped model; its seed 11 is a pluck of 34 dB, out of reach).
+    [result] = GenerationPipeline(shipped, config).generate([4])
     saved = save_result(result, tmp_path)
 
     audio, read_rate = read_back(saved.audio_path)
