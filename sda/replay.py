@@ -35,7 +35,8 @@ from sda.config import OPTIONS, GenerationConfig, ModelConfig, PhaseConfig, Qual
 from sda.dsp.difference import log_spectral_distance_db, peak_difference_dbfs
 from sda.entry import parse_command_line
 from sda.errors import ConfigError
-from sda.files import write_json_atomic
+from sda.files import file_sha256, write_json_atomic
+from sda.model import resolve_checkpoint
 from sda.numerics import expected_agreement, numerics_status
 from sda.outputs import read_sidecar
 from sda.preflight import Plan, parse_overrides
@@ -274,6 +275,32 @@ def check_source_files(recorded: Any, where: tuple[str, str], since: str) -> Non
             )
 
 
+def check_models(recorded: Any, where: tuple[str, str]) -> None:
+    """Every model a recorded command used (`[{"checkpoint", "sha256"}]`; absent in a folder
+    recorded before models were) still resolves to the file it did: a sweep resumed after a model
+    was retrained or replaced (the shipped default, by an upgrade) would otherwise finish with
+    another model's outputs beside the first's. A one-line ConfigError otherwise."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, list):
+        raise _refused(where, "its models must be a list of checkpoints and sha256 sums")
+    for entry in recorded:
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("checkpoint", "sha256")):
+            raise _refused(where, f"{entry!r} is not a model's checkpoint and sha256 (refused)")
+        name = entry["checkpoint"]
+        path = resolve_checkpoint(name, Path.cwd())
+        try:
+            found = file_sha256(path)
+        except OSError:
+            raise _refused(where, f"its model {name!r} is missing ({path})") from None
+        if found != entry["sha256"]:
+            raise _refused(
+                where,
+                f"its model {name!r} ({path}) changed since the run started (sha256 {entry['sha256'][:12]}..., "
+                f"now {found[:12]}...); to make the rest with it anyway, name it: model.checkpoint={name}",
+            )
+
+
 def read_reproduce_sidecar(path: Path) -> dict[str, Any]:
     try:
         return read_sidecar(path)
@@ -309,12 +336,18 @@ def recorded_command(found: Plan) -> dict[str, Any]:
             if value is not None:
                 params[key] = value
     files = {entry["path"]: entry for config in found.compositions.values() for entry in source_files(config.source)}
+    models: dict[str, dict[str, str]] = {}
+    for config in found.compositions.values():
+        name = config.model.checkpoint
+        if name not in models:  # pre-flight has found every model already
+            models[name] = {"checkpoint": name, "sha256": file_sha256(resolve_checkpoint(name, Path.cwd()))}
     return {
         "format_version": COMMAND_FORMAT_VERSION,
         "multirun": found.multirun,
         "overrides": overrides,
         "launcher": {"name": launcher, "parameters": params},
         "source_files": list(files.values()),
+        "models": list(models.values()),
     }
 
 
@@ -355,7 +388,7 @@ def resume_command(folder: Path, rest: Sequence[str]) -> list[str]:
         raise ConfigError("resume", str(folder), f"a readable {COMMAND_FILE} ({error})") from None
     if not isinstance(command, dict) or command.get("format_version") != COMMAND_FORMAT_VERSION:
         raise _refused(where, f"it is not a command record of format {COMMAND_FORMAT_VERSION}")
-    unknown = sorted(set(command) - {"format_version", "multirun", "overrides", "launcher", "source_files"})
+    unknown = sorted(set(command) - {"format_version", "multirun", "overrides", "launcher", "source_files", "models"})
     if unknown:
         raise _refused(where, f"{unknown[0]!r} is not part of a recorded command (refused)")
     overrides = command.get("overrides")
@@ -371,6 +404,8 @@ def resume_command(folder: Path, rest: Sequence[str]) -> list[str]:
     multirun = bool(command.get("multirun"))
     rest = [t for t in rest if t not in flags]
     given = _given(rest)
+    if not given & {"model", "model.checkpoint"}:  # naming a model on the command line chooses it
+        check_models(command.get("models"), where)
     where_to = override_text("hydra.sweep.dir" if multirun else "hydra.run.dir", str(folder.absolute()))
     return [
         *(["-m"] if multirun else []),

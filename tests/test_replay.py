@@ -178,3 +178,51 @@ def test_reproduce_says_in_one_line_what_it_promises_for_the_device_that_made_th
     assert reproduction_promise(made_on_cpu, "cpu").endswith("expect the same bytes")
     # a render made before numerics were recorded promises no more than another device does
     assert str(GPU_VS_CPU) in reproduction_promise({}, "cpu")
+
+
+def _tiny_checkpoint(path: Path, seed: int) -> Path:
+    import torch
+
+    from sda.dsp.spectrogram import SpectrogramSettings
+    from sda.model import MelVAE, ModelHyperparameters, save_checkpoint
+
+    torch.manual_seed(seed)
+    vae = MelVAE(SpectrogramSettings(), ModelHyperparameters(latent_dim=4, channels=(8, 8, 8)))
+    return save_checkpoint(vae, {"note": f"tiny, seed {seed}"}, path, replace=True)
+
+
+def test_resume_refuses_a_model_that_changed_since_the_run_started(tmp_path):
+    # A sweep of `default` resumed after an upgrade retrained the shipped model (or after a user
+    # retrained theirs) would finish with another model's outputs beside the first's.
+    from sda.files import file_sha256
+
+    model = _tiny_checkpoint(tmp_path / "models" / "mine.pt", seed=0)
+    first = file_sha256(model)
+    run = tmp_path / "run"
+    done = sda_run("model.checkpoint=mine", "count=2", "duration_s=0.5", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / COMMAND_FILE).read_text())["models"] == [{"checkpoint": "mine", "sha256": first}]
+    written = sorted(p.name for p in run.glob("gen_*"))
+    assert len(written) == 4
+
+    _tiny_checkpoint(model, seed=1)  # retrained under the same name
+    refused = sda_run(f"resume={run}", cwd=tmp_path)
+    assert refused.returncode != 0
+    [line] = [text for text in refused.stderr.splitlines() if text.startswith("error:")]
+    assert "its model 'mine'" in line and f"sha256 {first[:12]}..., now {file_sha256(model)[:12]}..." in line
+    assert sorted(p.name for p in run.glob("gen_*")) == written  # nothing made, nothing removed
+    # naming the model on the command line chooses it
+    assert any(text == "model.checkpoint=mine" for text in resume_command(run, ["model.checkpoint=mine"]))
+    model.unlink()
+    with pytest.raises(ConfigError, match="its model 'mine' is missing"):
+        resume_command(run, [])
+
+
+def test_a_folder_recorded_before_models_were_still_resumes(tmp_path):
+    run = tmp_path / "run"
+    done = sda_run("count=1", "duration_s=0.5", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    command = json.loads((run / COMMAND_FILE).read_text())
+    del command["models"]
+    (run / COMMAND_FILE).write_text(json.dumps(command))
+    assert any(text.startswith("hydra.run.dir=") for text in resume_command(run, []))
