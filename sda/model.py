@@ -89,20 +89,24 @@ def _round_up(value: int, multiple: int) -> int:
     return math.ceil(value / multiple) * multiple
 
 
-def conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)`; in float64 on a CPU (generation's decoder, sda.pipeline.DECODE_DTYPE) as one
-    matrix product over the kernel's shifted copies of `x`. The same sums: torch has no fast
-    float64 CPU convolution, and its fallback loops over the batch (dilated: over every sample's
-    every row), which made the decoder 40 % slower than this (measured on 320 windows)."""
-    if x.dtype != torch.float64 or x.device.type != "cpu" or conv.stride != (1,) or conv.groups != 1:
-        return conv(x)
-    (kernel,), (dilation,), (padding,) = conv.kernel_size, conv.dilation, conv.padding
-    frames = x.shape[-1] + 2 * padding - dilation * (kernel - 1)
-    padded = nn.functional.pad(x, (padding, padding))
-    columns = torch.cat([padded[..., k * dilation : k * dilation + frames] for k in range(kernel)], dim=1)
-    weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, kernel * conv.in_channels)
-    out = torch.matmul(weight, columns)
-    return out if conv.bias is None else out + conv.bias[:, None]
+class Conv1d(nn.Conv1d):
+    """`nn.Conv1d` (the same parameters, so the same state dict) whose stride-1 float64 pass on a
+    CPU (generation's decoder: sda.pipeline.DECODE_DTYPE) is one matrix product over the kernel's
+    shifted copies of the input: the same sums, while torch's float64 CPU convolution loops over
+    the batch (dilated: over every row) and was the slower on a 2-core CPU (the decode stage of
+    `python -m sda.bench --paths default --stereo mono`, in turns)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = self.stride == (1,) and self.groups == 1 and self.padding_mode == "zeros"
+        if x.dtype != torch.float64 or x.device.type != "cpu" or not plain or isinstance(self.padding, str):
+            return super().forward(x)
+        (kernel,), (dilation,), (padding,) = self.kernel_size, self.dilation, self.padding
+        frames = x.shape[-1] + 2 * padding - dilation * (kernel - 1)
+        padded = nn.functional.pad(x, (padding, padding))
+        columns = torch.cat([padded[..., k * dilation : k * dilation + frames] for k in range(kernel)], dim=1)
+        weight = self.weight.permute(0, 2, 1).reshape(self.out_channels, kernel * self.in_channels)
+        out = torch.matmul(weight, columns)
+        return out if self.bias is None else out + self.bias[:, None]
 
 
 class ResidualBlock(nn.Module):
@@ -111,11 +115,11 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.first = nn.Conv1d(channels, channels, kernel_size=3, padding=1)
-        self.second = nn.Conv1d(channels, channels, kernel_size=3, padding=3, dilation=3)
+        self.first = Conv1d(channels, channels, kernel_size=3, padding=1)
+        self.second = Conv1d(channels, channels, kernel_size=3, padding=3, dilation=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + conv1d(self.second, nn.functional.silu(conv1d(self.first, nn.functional.silu(x))))
+        return x + self.second(nn.functional.silu(self.first(nn.functional.silu(x))))
 
 
 class MelVAE(nn.Module):
@@ -158,9 +162,9 @@ class MelVAE(nn.Module):
             encoder += [nn.Conv1d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.SiLU()]
             in_ch = out_ch
         self.encoder = nn.Sequential(*encoder)
-        self.to_moments = nn.Conv1d(in_ch, 2 * hyper.latent_dim, kernel_size=3, padding=1)
+        self.to_moments = Conv1d(in_ch, 2 * hyper.latent_dim, kernel_size=3, padding=1)
 
-        self.from_latent = nn.Conv1d(hyper.latent_dim, hyper.channels[-1], kernel_size=3, padding=1)
+        self.from_latent = Conv1d(hyper.latent_dim, hyper.channels[-1], kernel_size=3, padding=1)
         decoder: list[nn.Module] = []
         widths = list(hyper.channels[::-1]) + [hyper.channels[0]]
         for i in range(levels):
@@ -168,7 +172,7 @@ class MelVAE(nn.Module):
             decoder.append(nn.ConvTranspose1d(widths[i], widths[i + 1], kernel_size=4, stride=2, padding=1))
             decoder += [ResidualBlock(widths[i + 1]) for _ in range(hyper.residual_blocks)]
             decoder.append(nn.SiLU())
-        decoder.append(nn.Conv1d(widths[-1], self.n_mels, kernel_size=3, padding=1))
+        decoder.append(Conv1d(widths[-1], self.n_mels, kernel_size=3, padding=1))
         self.decoder = nn.Sequential(*decoder)
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -188,10 +192,7 @@ class MelVAE(nn.Module):
 
     def decode_grid(self, z: torch.Tensor) -> torch.Tensor:
         """`[batch, latent_dim, latent_frames]` -> normalized log-mel `[batch, n_mels, frames]`."""
-        h = nn.functional.silu(conv1d(self.from_latent, z))
-        for layer in self.decoder:
-            h = conv1d(layer, h) if isinstance(layer, nn.Conv1d) else layer(h)
-        return h[..., : self.frames]
+        return self.decoder(nn.functional.silu(self.from_latent(z)))[..., : self.frames]
 
     def forward(self, log_mel: torch.Tensor, generator: torch.Generator | None = None):
         """Reparameterized pass for training: (normalized reconstruction, mu, logvar), the latents
