@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,32 +247,49 @@ def reproduce_overrides(record: dict[str, Any], overrides: Sequence[str], where:
     return _without_given(recorded, given) + list(overrides)
 
 
-def check_source_files(recorded: Any, where: tuple[str, str], since: str) -> None:
-    """Every recorded source file (`{"files": [{"path", "sha256"}]}` of a sidecar, or the list of
-    a recorded command) is there and holds what it held; a one-line ConfigError otherwise."""
-    files = recorded.get("files") if isinstance(recorded, dict) else recorded
-    if files is None:
+def _check_unchanged(
+    entries: Any,
+    where: tuple[str, str],
+    kind: str,
+    key: str,
+    sha256_of: Callable[[str], str | None],
+    since: str,
+    hint: Callable[[str], str] = lambda name: "",
+) -> None:
+    """Every recorded `{key: name, "sha256": ...}` entry names a file that is there (`sha256_of`
+    gives None when not) and holds what it held; a one-line ConfigError otherwise, naming the
+    file as a `kind`, with `hint(name)` after a change. None: nothing was recorded."""
+    if entries is None:
         return
-    if not isinstance(files, list):
-        raise _refused(where, "its source files must be a list of paths and sha256 sums")
-    for entry in files:
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("path"), str)
-            or not isinstance(entry.get("sha256"), str)
-        ):
-            raise _refused(where, f"{entry!r} is not a source file's path and sha256 (refused)")
-        path = entry["path"]
-        try:
-            found = source_file_sha256(path)
-        except ConfigError:
-            raise _refused(where, f"its source file {path!r} is missing") from None
+    if not isinstance(entries, list):
+        raise _refused(where, f"its {kind}s must be a list of {key}s and sha256 sums")
+    for entry in entries:
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in (key, "sha256")):
+            raise _refused(where, f"{entry!r} is not a {kind}'s {key} and sha256 (refused)")
+        name = entry[key]
+        found = sha256_of(name)
+        if found is None:
+            raise _refused(where, f"its {kind} {name!r} is missing")
         if found != entry["sha256"]:
             raise _refused(
                 where,
-                f"its source file {path!r} changed since {since} "
-                f"(sha256 {entry['sha256'][:12]}..., now {found[:12]}...)",
+                f"its {kind} {name!r} changed since {since} "
+                f"(sha256 {entry['sha256'][:12]}..., now {found[:12]}...){hint(name)}",
             )
+
+
+def check_source_files(recorded: Any, where: tuple[str, str], since: str) -> None:
+    """Every recorded source file (`{"files": [{"path", "sha256"}]}` of a sidecar, or the list of
+    a recorded command) is there and holds what it held; a one-line ConfigError otherwise."""
+
+    def sha256_of(path: str) -> str | None:
+        try:
+            return source_file_sha256(path)
+        except ConfigError:
+            return None
+
+    files = recorded.get("files") if isinstance(recorded, dict) else recorded
+    _check_unchanged(files, where, "source file", "path", sha256_of, since)
 
 
 def check_models(recorded: Any, where: tuple[str, str]) -> None:
@@ -280,25 +297,18 @@ def check_models(recorded: Any, where: tuple[str, str]) -> None:
     recorded before models were) still resolves to the file it did: a sweep resumed after a model
     was retrained or replaced (the shipped default, by an upgrade) would otherwise finish with
     another model's outputs beside the first's. A one-line ConfigError otherwise."""
-    if recorded is None:
-        return
-    if not isinstance(recorded, list):
-        raise _refused(where, "its models must be a list of checkpoints and sha256 sums")
-    for entry in recorded:
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("checkpoint", "sha256")):
-            raise _refused(where, f"{entry!r} is not a model's checkpoint and sha256 (refused)")
-        name = entry["checkpoint"]
-        path = resolve_checkpoint(name, Path.cwd())
+
+    def sha256_of(name: str) -> str | None:
         try:
-            found = file_sha256(path)
+            return file_sha256(resolve_checkpoint(name, Path.cwd()))
         except OSError:
-            raise _refused(where, f"its model {name!r} is missing ({path})") from None
-        if found != entry["sha256"]:
-            raise _refused(
-                where,
-                f"its model {name!r} ({path}) changed since the run started (sha256 {entry['sha256'][:12]}..., "
-                f"now {found[:12]}...); to make the rest with it anyway, name it: model.checkpoint={name}",
-            )
+            return None
+
+    def hint(name: str) -> str:
+        where_now = resolve_checkpoint(name, Path.cwd())
+        return f"; it is {where_now}: to make the rest with it anyway, name it: model.checkpoint={name}"
+
+    _check_unchanged(recorded, where, "model", "checkpoint", sha256_of, "the run started", hint)
 
 
 def read_reproduce_sidecar(path: Path) -> dict[str, Any]:

@@ -12,8 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from sda.dsp.spectrogram import SpectrogramSettings
 from sda.errors import ConfigError
+from sda.files import file_sha256
+from sda.model import MelVAE, ModelHyperparameters, save_checkpoint
 from sda.numerics import GPU_VS_CPU, numerics_status
 from sda.replay import COMMAND_FILE, reproduce_overrides, reproduction_promise, resume_command
 from sda.run import main as run_main
@@ -181,11 +185,6 @@ def test_reproduce_says_in_one_line_what_it_promises_for_the_device_that_made_th
 
 
 def _tiny_checkpoint(path: Path, seed: int) -> Path:
-    import torch
-
-    from sda.dsp.spectrogram import SpectrogramSettings
-    from sda.model import MelVAE, ModelHyperparameters, save_checkpoint
-
     torch.manual_seed(seed)
     vae = MelVAE(SpectrogramSettings(), ModelHyperparameters(latent_dim=4, channels=(8, 8, 8)))
     return save_checkpoint(vae, {"note": f"tiny, seed {seed}"}, path, replace=True)
@@ -194,8 +193,6 @@ def _tiny_checkpoint(path: Path, seed: int) -> Path:
 def test_resume_refuses_a_model_that_changed_since_the_run_started(tmp_path):
     # A sweep of `default` resumed after an upgrade retrained the shipped model (or after a user
     # retrained theirs) would finish with another model's outputs beside the first's.
-    from sda.files import file_sha256
-
     model = _tiny_checkpoint(tmp_path / "models" / "mine.pt", seed=0)
     first = file_sha256(model)
     run = tmp_path / "run"
