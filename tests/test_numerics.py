@@ -168,13 +168,13 @@ def test_import_leaves_the_pins_in_the_environment_and_the_status_is_plain_json(
 
 def test_a_rounding_step_in_the_spectrograms_stays_within_the_bounds_of_other_devices_and_batches():
     """The ground of GPU_VS_CPU and GPU_BATCH: what one float32 rounding step does to a render.
-    With the shipped model seeds 0-3 reach -31.6 dBFS; seed 11 of latent_interp is
-    the most sensitive of 24, at -18.2 dBFS (README, Determinism)."""
-    figures = rounding_sensitivity(4, "cpu")
+    Seeds 0-11: with the shipped model seed 11 of latent_interp is the most sensitive of 24, at
+    -18.2 dBFS (README, Determinism); seeds 0-3 alone reach only -31.6."""
+    figures = rounding_sensitivity(12, "cpu")
     for mode, pairs in figures.items():
-        assert len(pairs) == 4
+        assert len(pairs) == 12
         for seed, (peak_dbfs, lsd_db) in enumerate(pairs):
             # a changed waveform (one rounding step is not nothing) of the same sound
             assert -90.0 < peak_dbfs <= min(GPU_VS_CPU.peak_dbfs, GPU_BATCH.peak_dbfs), (mode, seed)
             assert 0.0 < lsd_db <= min(GPU_VS_CPU.lsd_db, GPU_BATCH.lsd_db), (mode, seed)
-    assert max(peak for peak, _ in figures["latent_interp"]) > -35.0  # the bound is not loose by design
+    assert max(peak for peak, _ in figures["latent_interp"]) > -30.0  # the bound is not loose by design
