@@ -217,6 +217,7 @@ def run_end_to_end(
     batch_size: int,
     timeout_s: float,
     work_dir: Path | None,
+    writers: int = 0,
 ) -> dict[str, Any]:
     """Run `python -m sda.run` once into a temporary folder; its wall time from launch to exit
     and where it went (its summary.json and outcome.json)."""
@@ -232,6 +233,7 @@ def run_end_to_end(
             f"chunking={chunking}",
             f"device={device}",
             *([f"batch_size={batch_size}"] if batch_size else []),
+            *([f"writers={writers}"] if writers else []),
             f"hydra.run.dir={folder}",
         ]
         launched = time.time()
@@ -257,6 +259,7 @@ def run_end_to_end(
         "seeds": seeds,
         "duration_s": duration_s,
         "device": device,
+        "writers": writers,
         "wall_s": wall,
         "startup_s": startup,
         "audio_s_per_wall_s": audio_s / wall,
@@ -287,9 +290,11 @@ def print_end_to_end(run: dict[str, Any], pipeline_rate: float | None) -> None:
         if name == "rendering and writing":
             stages = ", ".join(f"{k.removesuffix('_s')} {job[k]:.2f}" for k in ("decode_s", "phase_s", "dsp_s"))
             print(f"    {'rendering (device)':32s} {job['render_s']:8.2f} s   {stages}")
+            threads = job["write_workers"]
+            where = f"on {threads:g} thread(s)" if threads else "in the render's thread, between batches"
             print(
                 f"    {'writing (wall, any writer busy)':32s} {job['write_wall_s']:8.2f} s   "
-                f"{job['write_busy_s']:.2f} s busy on {job['write_workers']:g} thread(s)"
+                f"{job['write_busy_s']:.2f} s busy {where}"
             )
             held = job["write_held_s"]
             print(f"    {'overlapped':32s} {run['overlap_s']:8.2f} s   rendering held back {held:.2f} s (queue full)")
@@ -303,6 +308,10 @@ def print_end_to_end(run: dict[str, Any], pipeline_rate: float | None) -> None:
     print(line, flush=True)
 
 
+def writers_text(writers: int) -> str:
+    return f", writers={writers}" if writers else ""
+
+
 def end_to_end_main(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     reports = []
     print(
@@ -310,9 +319,10 @@ def end_to_end_main(args: argparse.Namespace, device: str) -> list[dict[str, Any
         f"torch {torch.__version__}, {args.repeats} run(s) of each in turns, the fastest of each shown",
         flush=True,
     )
+    writer_settings = [int(w) for w in args.writers.split(",")]
     for stereo in args.stereo.split(","):
-        # Taken in turns, so that a machine's changing load weighs on both figures alike.
-        pipeline, runs = None, []
+        # Taken in turns, so that a machine's changing load weighs on every figure alike.
+        pipeline, runs = None, {writers: [] for writers in writer_settings}
         for _ in range(args.repeats):
             if args.pipeline_seeds:
                 measured = measure_in_child(
@@ -332,8 +342,8 @@ def end_to_end_main(args: argparse.Namespace, device: str) -> list[dict[str, Any
                 )
                 if pipeline is None or measured["wall_s"] < pipeline["wall_s"]:
                     pipeline = measured
-            runs.append(
-                run_end_to_end(
+            for writers in writer_settings:
+                run = run_end_to_end(
                     stereo,
                     args.chunking,
                     args.seeds,
@@ -342,26 +352,29 @@ def end_to_end_main(args: argparse.Namespace, device: str) -> list[dict[str, Any
                     args.batch_size,
                     args.timeout_s,
                     args.work_dir,
+                    writers,
                 )
+                runs[writers].append(run)
+                print(
+                    f"  end to end, {stereo}{writers_text(writers)}: {run['audio_s_per_wall_s_without_startup']:.1f} "
+                    f"audio s/s without start-up ({run['wall_s']:.1f} s launch to exit)",
+                    flush=True,
+                )
+        for writers in writer_settings:
+            best = min(runs[writers], key=lambda run: run["wall_s"] - run["startup_s"])
+            print_end_to_end(best, pipeline["audio_s_per_wall_s"] if pipeline else None)
+            reports.append({**best, "all_wall_s": [run["wall_s"] for run in runs[writers]], "pipeline_only": pipeline})
+            if writers:
+                continue  # only the run as users run it (writers chosen from the device) is recorded
+            config = _config(stereo, args.chunking, args.duration_s, device)
+            rate = record_rate(
+                torch.device(device),
+                config,
+                args.seeds * args.duration_s,
+                best["wall_s"] - best["startup_s"],
+                "sda.bench --end-to-end",
             )
-            run = runs[-1]
-            print(
-                f"  end to end, {stereo}: {run['audio_s_per_wall_s_without_startup']:.1f} audio s/s without "
-                f"start-up ({run['wall_s']:.1f} s launch to exit)",
-                flush=True,
-            )
-        best = min(runs, key=lambda run: run["wall_s"] - run["startup_s"])
-        print_end_to_end(best, pipeline["audio_s_per_wall_s"] if pipeline else None)
-        config = _config(stereo, args.chunking, args.duration_s, device)
-        rate = record_rate(
-            torch.device(device),
-            config,
-            args.seeds * args.duration_s,
-            best["wall_s"] - best["startup_s"],
-            "sda.bench --end-to-end",
-        )
-        print(f"  recorded for pre-flight's estimates: {rate.device}, {rate.kind} in {cache_path()}", flush=True)
-        reports.append({**best, "all_wall_s": [run["wall_s"] for run in runs], "pipeline_only": pipeline})
+            print(f"  recorded for pre-flight's estimates: {rate.device}, {rate.kind} in {cache_path()}", flush=True)
     return reports
 
 
@@ -387,6 +400,11 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=None,
         help="--end-to-end: seeds of the pipeline-only figure beside it (default --seeds; 0: none)",
+    )
+    parser.add_argument(
+        "--writers",
+        default="0",
+        help="--end-to-end: comma-separated writer-thread settings, each run in turn (0: chosen from the device)",
     )
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="--end-to-end: limit of each run")
     parser.add_argument("--work-dir", type=Path, default=None, help="--end-to-end: where runs write (temporary)")

@@ -48,7 +48,7 @@ COMMAND_FILE = "sda_command.json"
 COMMAND_FORMAT_VERSION = 1
 # Recorded in a sidecar's config but not carried over by reproduce=: they decide how the audio is
 # computed or which job made it, not what it is (and another machine's device may not exist here).
-NOT_REPRODUCED = ("device", "batch_size", "count")
+NOT_REPRODUCED = ("device", "batch_size", "writers", "count")
 # Launchers and the launcher parameters a recorded command may set (values: numbers, or short
 # names such as a Slurm partition; nothing that reaches a shell or a Python import).
 LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm")

@@ -347,11 +347,16 @@ def write_outcome(outcome: JobOutcome) -> None:
     log.info("%s: %s", output_dir, outcome.summary())
 
 
-def write_workers(device: torch.device) -> int:
-    """Writer threads for a job on `device`. With a GPU rendering, the host's cores are free but
-    for the thread that drives it. On a CPU the render already uses every core: one writer
-    overlaps the writing with it and takes little from it."""
-    return max(1, host_cpus() - 1) if device.type != "cpu" else 1
+def write_workers(device: torch.device, configured: int = 0) -> int:
+    """Writer threads for a job on `device` (`configured`: the config's `writers`, 0 = chosen
+    here). With a GPU rendering, the host's cores are free but for the thread that drives it: one
+    writer per other core. On a CPU the render already keeps every core busy, and a writer thread
+    beside it only contends with it (for the cores and for Python's lock): the render's own thread
+    writes each batch's outputs before it renders the next (0 threads). Measured on two cores,
+    `python -m sda.bench --end-to-end --writers 0,1`."""
+    if configured:
+        return configured
+    return max(1, host_cpus() - 1) if device.type != "cpu" else 0
 
 
 def _run(
@@ -398,7 +403,7 @@ def _run(
     show = sys.stderr.isatty() if show_progress is None else show_progress
     pool: WritePool[int] = WritePool(
         functools.partial(_write_output, pipeline=pipeline, output_dir=output_dir, extra_sidecar=extra_sidecar),
-        write_workers(device),
+        write_workers(device, config.writers),
     )
     job = _Job(pipeline, identities, output_dir, outcome, found.broken, pool)
     try:

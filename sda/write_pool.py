@@ -1,5 +1,7 @@
 """A bounded pool of writer threads: finished outputs are encoded, hashed and written while the
-main thread renders the next batch.
+main thread renders the next batch. With no threads (`workers=0`) each item is written in the
+submitting thread as it is submitted, with the same bookkeeping: where the render already keeps
+every core busy (a CPU device), a writer thread only contends with it (sda.runner.write_workers).
 
 - Back-pressure: `make_room` waits while the items waiting to be written hold more than
   `max_pending_bytes` (an item is always let through when nothing is pending), so a slow disk
@@ -73,14 +75,17 @@ class WriteTimes:
 
 
 class WritePool(Generic[K]):
-    """`write(item)` for each submitted item on `workers` threads (see the module docstring)."""
+    """`write(item)` for each submitted item on `workers` threads, or in the submitting thread
+    when `workers` is 0 (see the module docstring)."""
 
     def __init__(self, write: Callable[[Any], Any], workers: int, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
         self.write = write
-        self.workers = max(1, int(workers))
+        self.workers = max(0, int(workers))
         self.max_pending_bytes = max_pending_bytes
         self.times = WriteTimes(workers=self.workers)
-        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sda-write")
+        self._executor = (
+            ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sda-write") if self.workers else None
+        )
         self._tasks: deque[_Task[K]] = deque()
         self._lock = threading.Lock()
         self._running = 0
@@ -110,9 +115,17 @@ class WritePool(Generic[K]):
             self.times.held_s += time.perf_counter() - started
 
     def submit(self, key: K, item: Any, nbytes: int) -> None:
-        """Queue `item` for writing (does not wait: call `make_room` first). The pool keeps no
-        reference to `item` once it is written."""
-        self._tasks.append(_Task(key, nbytes, self._executor.submit(self._run, item)))
+        """Queue `item` for writing (does not wait: call `make_room` first), or with no threads
+        write it now, in this thread. The pool keeps no reference to `item` once it is written."""
+        if self._executor is not None:
+            self._tasks.append(_Task(key, nbytes, self._executor.submit(self._run, item)))
+            return
+        future: Future = Future()
+        try:
+            future.set_result(self._run(item))
+        except Exception as error:  # recorded like a writer thread's error; a signal's exception is not caught
+            future.set_exception(error)
+        self._tasks.append(_Task(key, nbytes, future))
 
     def collect(self) -> list[Written[K]]:
         """The finished items at the front of the queue, in submission order (an item finished
@@ -143,7 +156,8 @@ class WritePool(Generic[K]):
 
     def close(self) -> None:
         """Stop the threads (once nothing is pending, or after `abandon`)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------------------------------
     def _run(self, item: Any) -> Any:

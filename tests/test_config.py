@@ -113,6 +113,7 @@ def test_valid_overrides_compose(overrides, check):
         (["seed=-1"], "seed", "-1", "[0, 4294967295]"),
         (["seed=4294967296"], "seed", "4294967296", "[0, 4294967295]"),
         (["count=0"], "count", "0", ">= 1"),
+        (["writers=-1"], "writers", "-1", "[0, 64]"),
         (["seed=4294967295", "count=2"], "count", "2", "seed + count - 1"),
         (["chunking.overlap_ms=600"], "chunking.overlap_ms", "600.0", "at most half of chunking.chunk_s"),
         (["source=file"], "source.path", "''", "the path of an audio file"),

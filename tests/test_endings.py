@@ -173,12 +173,18 @@ def stop_while_writing(job: Path, proc: subprocess.Popen, timeout_s: float = 120
     raise AssertionError("no write was caught in flight before the run ended")
 
 
+# On a CPU the render's own thread writes (writers=0, chosen from the device); writers=2 is the
+# pool of threads a GPU run writes with, here beside a CPU render.
+WRITERS = pytest.mark.parametrize("writers", ["writers=0", "writers=2"])
+
+
 @pytest.mark.slow
+@WRITERS
 def test_a_kill_while_writes_are_in_flight_leaves_nothing_that_passes_for_done_and_resume_completes(
-    tmp_path, reference
+    tmp_path, reference, writers
 ):
     job = tmp_path / "run"
-    proc = start_sda_run(*SHORT_RUN, f"hydra.run.dir={job}", cwd=tmp_path)
+    proc = start_sda_run(*SHORT_RUN, writers, f"hydra.run.dir={job}", cwd=tmp_path)
     stop_while_writing(job, proc)
     proc.kill()
     proc.communicate(timeout=60)
@@ -194,9 +200,12 @@ def test_a_kill_while_writes_are_in_flight_leaves_nothing_that_passes_for_done_a
 
 
 @pytest.mark.slow
-def test_a_signal_while_writes_are_in_flight_lets_them_finish_and_records_exactly_what_is_on_disk(tmp_path, reference):
+@WRITERS
+def test_a_signal_while_writes_are_in_flight_lets_them_finish_and_records_exactly_what_is_on_disk(
+    tmp_path, reference, writers
+):
     job = tmp_path / "run"
-    proc = start_sda_run(*SHORT_RUN, f"hydra.run.dir={job}", cwd=tmp_path)
+    proc = start_sda_run(*SHORT_RUN, writers, f"hydra.run.dir={job}", cwd=tmp_path)
     stop_while_writing(job, proc)
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGCONT)

@@ -2,7 +2,8 @@
 memory, results come back in submission order with their errors, and abandoning finishes the
 writes started and drops only those never started.
 
-The writer here is a function that waits on an event where a real one waits on the disk."""
+The writer here is a function that waits on an event where a real one waits on the disk. With no
+threads (workers=0) the pool writes each item in the submitting thread, with the same bookkeeping."""
 
 from __future__ import annotations
 
@@ -125,4 +126,29 @@ def test_abandoning_finishes_the_writes_started_and_drops_those_never_started(wo
         assert pool.pending == 0
     finally:
         disk.release()
+        pool.close()
+
+
+def test_with_no_threads_each_item_is_written_in_the_submitting_thread_as_it_is_submitted():
+    disk = Disk()
+    threads = []
+
+    def write(item: int) -> str:
+        threads.append(threading.current_thread())
+        return disk.write(item)
+
+    pool = WritePool(write, workers=0, max_pending_bytes=10)
+    try:
+        submit(pool, 5, 1000)  # never held back: nothing is ever left pending
+        assert disk.written == [5], "written before submit returns"
+        submit(pool, -1, 1000)
+        submit(pool, 7, 1000)
+        assert threads == [threading.main_thread()] * 3
+        collected = pool.collect()
+        assert [w.key for w in collected] == [5, -1, 7]
+        assert [w.value for w in collected] == ["file 5", None, "file 7"]
+        assert isinstance(collected[1].error, OSError)
+        assert pool.pending == 0 and pool.abandon() == []
+        assert (pool.times.items, pool.times.workers) == (3, 0) and pool.times.held_s < 0.1
+    finally:
         pool.close()

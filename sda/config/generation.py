@@ -22,6 +22,7 @@ MAX_DURATION_S = 600.0
 # 10 ms: at least 441 frames at every export rate (a shorter file is no sound, only a click).
 MIN_DURATION_S = 0.01
 SAMPLE_RATES = (44100, 48000, 96000)
+MAX_WRITERS = 64  # writer threads of one job
 INTERNAL_SAMPLE_RATE = 48000
 
 
@@ -429,6 +430,7 @@ class GenerationConfig(Sealed):
     duration_s: float = 10.0
     device: str = "auto"
     batch_size: int = 0  # 0: chosen from the device
+    writers: int = 0  # threads writing finished outputs; 0: chosen from the device (sda.runner)
     model: ModelConfig = field(default_factory=ModelConfig)
     # A group with several options is typed by its base class and left MISSING here, so Hydra can
     # merge any option into it (a default instance would fix the type); __post_init__ gives the
@@ -460,6 +462,7 @@ class GenerationConfig(Sealed):
         check_device("device", self.device)
         if self.batch_size < 0:
             raise ConfigError("batch_size", self.batch_size, "0 (automatic) or a positive integer")
+        check_range("writers", self.writers, 0, MAX_WRITERS)
 
     @property
     def seeds(self) -> list[int]:
