@@ -3,8 +3,11 @@ one line, and the main of a command that runs one job (sda.train, sda.evaluate).
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import sys
+import threading
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +44,39 @@ def fail(error: SdaError) -> typing.NoReturn:
     """Print one line and exit with the error's status."""
     print(f"error: {error}", file=sys.stderr)
     sys.exit(error.exit_code)
+
+
+def exit_now(main: Callable[[], None]) -> typing.NoReturn:
+    """Run a command's `main` as `python -m` does, then leave the process at once.
+
+    Everything a command wrote has reached the kernel by then (sda.files also fsyncs); what an exit
+    adds is the interpreter's teardown of every module (torch's above all): 0.2 s after a run on
+    the 2-core CPU, 0.8 s without `gc.freeze()`. So the exit runs the atexit handlers (logging's
+    flush of Hydra's run log), flushes stdout and stderr, and ends with `os._exit` and main's
+    status. Where a thread that is not a daemon still runs (a launcher's: joblib's loky ends its
+    own only from the interpreter's shutdown), the exit is the interpreter's usual one. Only for
+    `__main__`: called in-process (tests, a user's script), `main` raises SystemExit as usual."""
+    try:
+        main()
+        status: object = 0
+    except SystemExit as stop:
+        status = stop.code
+    if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.exit(status)
+    if status is None:
+        code = 0
+    elif isinstance(status, int):
+        code = status
+    else:  # sys.exit("message"): Python prints it and exits with 1
+        print(status, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code)
 
 
 # A single-job command's job records how it ended here, in its run folder; `single_run_main`

@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sda import interruption
 from sda.config import RunConfig, register_configs, to_run_config
-from sda.entry import config_name_of, fail, is_info_request, parse_command_line
+from sda.entry import config_name_of, exit_now, fail, is_info_request, parse_command_line
 from sda.errors import ConfigError, OutputError, SdaError
 from sda.estimate import PlanPart, plan_lines, record_run
 from sda.interruption import Interrupted
@@ -308,4 +308,4 @@ def _run_hydra() -> tuple[Interrupted | None, str | None]:
 
 
 if __name__ == "__main__":
-    main()
+    exit_now(main)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ from sda.model import PACKAGED_MODELS_DIR
 from sda.replay import override_text, reproduce_overrides
 from sda.run import preflight
 from sda.runner import get_model, run_job
-from tests.helpers import REPO, compose_run, sda_run, summary_line
+from tests.helpers import ONE_THREAD, REPO, compose_run, sda_run, summary_line
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME = re.compile(r"\d{2}-\d{2}-\d{2}")
@@ -219,3 +222,34 @@ def test_reproduce_overrides_carry_the_sidecar_and_let_the_command_line_win():
     assert (changed.duration_s, changed.export.sample_rate, changed.seed) == (2.0, 96000, 42)
     assert changed.stereo.mode == "dual_seed"  # the whole group replaced: mid_side's width is gone
     assert changed.chunking == original.chunking
+
+
+@pytest.mark.slow
+def test_the_process_ends_at_once_with_every_line_flushed_and_its_status(tmp_path):
+    # `python -m sda.run` leaves with os._exit (sda.entry.exit_now): buffered output (a pipe or a
+    # file, no PYTHONUNBUFFERED) and Hydra's run log must still be complete, the status kept.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | ONE_THREAD
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        ok = subprocess.run(
+            [sys.executable, "-m", "sda.run", "duration_s=0.5", "count=2", "hydra.run.dir=run"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=err,
+            env=env,
+            timeout=300,
+        )
+    output = (tmp_path / "out.txt").read_text() + (tmp_path / "err.txt").read_text()
+    assert ok.returncode == 0, output
+    assert "sda: 2 done / 0 skipped / 0 failed in 1 job" in summary_line(output)
+    (log_file,) = (tmp_path / "run").glob("*.log")
+    assert summary_line(log_file.read_text()) == summary_line(output)
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "sda.run", "count=0", "hydra.run.dir=run2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and refused.stderr.startswith("error: count=0"), refused.stderr
