@@ -61,6 +61,7 @@ from sda.dsp.picture import PictureSettings, spectrogram_levels_batch
 from sda.dsp.quality import QualityMetrics, measure_quality_batch
 from sda.dsp.spectrogram import decompress
 from sda.errors import CheckpointError, ConfigError
+from sda.host_memory import keep_freed_memory
 from sda.memorization import MemorizationCheck, check_output, rated
 from sda.model import LoadedModel
 from sda.novelty import window_fingerprints
@@ -211,6 +212,8 @@ class GenerationPipeline:
         self.picture = picture
         self.defer_memorization = defer_memorization
         self.device = torch.device(device) if device is not None else config.resolved_device()
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each item's blocks are reused, not faulted in again (sda.host_memory)
         self.model = model
         self.decoder = model.decoding_copy(self.device, DECODE_DTYPE)
         self.settings = model.settings
