@@ -1,14 +1,16 @@
 """The C allocator's settings for a process that renders on the CPU.
 
 glibc's malloc serves a block above its mmap threshold (128 KiB at first, rising by itself to
-32 MiB at most) with a fresh mapping and unmaps it when it is freed. A CPU render allocates and
-frees blocks of that size and larger for every item (spectrograms, the phase reconstruction's
+32 MiB at most as mapped blocks are freed) with a fresh mapping and unmaps it when it is freed,
+and it returns freed memory at the heap's top to the system past 128 KiB. A CPU render allocates
+and frees blocks of up to tens of MB for every item (spectrograms, the phase reconstruction's
 buffers), so every item faulted in, and the kernel zeroed, the same memory again: 25,000 to
-55,000 minor page faults per 10 s mono item on the 2-core CPU. `keep_freed_memory()` serves
-blocks up to MMAP_THRESHOLD_BYTES from the heap and keeps up to TRIM_THRESHOLD_BYTES of freed
-memory there for the next allocation: from the third item on, none fault. The peak resident
-memory is what it was (the freed memory is kept, not added to); a process's memory stays at its
-peak until it ends instead of falling between items.
+55,000 minor page faults per 10 s mono item on the 2-core CPU. `keep_freed_memory()` fixes the
+threshold at glibc's own ceiling from the start and keeps up to TRIM_THRESHOLD_BYTES of freed
+memory in the heap for the next allocation: from the third 10 s item on, next to none fault.
+Blocks above 32 MiB are mapped afresh as before (a long file's largest), so the peak resident
+memory stays within a few per cent of what it was; between items a process stays at its peak
+instead of falling back.
 
 Measured with `python -m sda.bench --paths default --stereo mono` (see the README's throughput
 section). Other C libraries (musl, macOS) keep their own policy: the function does nothing there.
@@ -23,9 +25,10 @@ import functools
 # mallopt's parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-# Above the largest block a batch of 10 s items allocates; a 600 s file's largest blocks are
-# still mapped afresh (a few per file, where a 10 s item's were dozens).
-MMAP_THRESHOLD_BYTES = 256 << 20
+# glibc's own ceiling for its adjusted threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): above
+# every block a 10 s item allocates. A higher one (256 MiB, tried) kept a 600 s file's blocks in
+# the heap too, where they fragmented it: peak 2.56 GB against 2.17 GB.
+MMAP_THRESHOLD_BYTES = 32 << 20
 # The most freed memory kept at the heap's top (mallopt takes a C int).
 TRIM_THRESHOLD_BYTES = (1 << 31) - 1
 
