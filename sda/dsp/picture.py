@@ -84,13 +84,13 @@ def full_scale_power(window: np.ndarray) -> float:
 def _frame_layout(
     samples: int, sample_rate: int, picture: PictureSettings, device: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(frame sample indices `[n_frames, n_fft]`, window, column of each frame, frames per column),
+    """(first sample of every frame `[n_frames]`, window, column of each frame, frames per column),
     on `device`; built once per length (every item of a run has the same)."""
     n_fft = picture_n_fft(sample_rate)
     starts = frame_starts(samples, n_fft, picture.width)
     per_column = np.diff(np.append(column_bounds(len(starts), picture.width), len(starts)))
     return (
-        torch.from_numpy(starts[:, None] + np.arange(n_fft)).to(device),
+        torch.from_numpy(starts).to(device),
         torch.from_numpy(picture_window(n_fft)).to(device),
         torch.from_numpy(np.repeat(np.arange(picture.width), per_column)).to(device),
         torch.from_numpy(per_column).to(device, torch.float32),
@@ -107,14 +107,16 @@ def spectrogram_levels_batch(audio: torch.Tensor, sample_rate: int, picture: Pic
     if signal.shape[-1] < n_fft:
         signal = torch.nn.functional.pad(signal, (0, n_fft - signal.shape[-1]))
     device = signal.device
-    index, window, owner, counts = _frame_layout(signal.shape[-1], sample_rate, picture, str(device))
-    n_frames = index.shape[0]
+    starts, window, owner, counts = _frame_layout(signal.shape[-1], sample_rate, picture, str(device))
+    n_frames = starts.shape[0]
     low, high = band_bins(sample_rate, n_fft, picture.height, picture.f_min_hz)
     full_scale = full_scale_power(picture_window(n_fft))
     per_chunk = max(1, FRAMED_SAMPLES_PER_CHUNK // (n_frames * n_fft))
     pictures = []
     for item in range(0, signal.shape[0], per_chunk):
-        frames = signal[item : item + per_chunk, index] * window  # [items, n_frames, n_fft]
+        # Every window of n_fft samples is a view (unfold); the frames are the rows picked from it
+        # (a fifth of the time of gathering every sample by its own index, on the 2-core CPU).
+        frames = signal[item : item + per_chunk].unfold(-1, n_fft, 1)[:, starts] * window  # [items, n_frames, n_fft]
         power = torch.fft.rfft(frames, dim=-1).abs().square()  # [items, n_frames, bins]
         del frames
         summed = torch.zeros(power.shape[0], picture.width, power.shape[-1], device=device, dtype=power.dtype)
