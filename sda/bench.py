@@ -22,6 +22,8 @@ times into a temporary folder, each timed from its launch to its exit; the faste
 where its wall time went (start-up, pre-flight, Hydra, rendering and writing and how much they
 overlapped, the summary and report), read from its summary.json and outcome.json. Its rate
 without the interpreter's start-up is recorded for pre-flight's estimates (sda.estimate).
+`--writers 0,1` runs sda.run with each writer-thread setting in turn (0: chosen from the device,
+the only one recorded), to show what writing beside the render costs or gains.
 """
 
 from __future__ import annotations

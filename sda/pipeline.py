@@ -207,7 +207,7 @@ class GenerationPipeline:
         """`picture`: also compute each item's spectrogram-picture levels (sda.dsp.picture) with
         the batch, where its audio is (`GenerationResult.spectrogram_db`). `defer_memorization`:
         leave each result's memorization check to `check_memorization`, which the caller runs
-        where it suits (sda.runner: on its writer threads, while the next batch renders)."""
+        where it suits (sda.runner: with the writing, on writer threads beside a GPU)."""
         self.config = config
         self.picture = picture
         self.defer_memorization = defer_memorization

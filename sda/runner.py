@@ -384,7 +384,7 @@ def _run(
     # torch's FFT in the render's threads costs half the writers' numpy drawing from the file.
     # A Vorbis file (lossy) is drawn from the file by the writers.
     picture = None if config.export.format == "ogg" else SPECTROGRAM_PICTURE
-    # The memorization check is host work: the writer threads run it, beside the next batch.
+    # The memorization check is host work, done with the writing (on writer threads beside a GPU).
     pipeline = GenerationPipeline(model, config, device, picture=picture, defer_memorization=True)
     timings["load_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -550,9 +550,10 @@ def _write_output(
     output_dir: Path,
     extra_sidecar: dict[str, Any] | None,
 ) -> tuple[SavedOutput, str | None]:
-    """On a writer thread: the output's memorization check, the output (sidecar first, see
-    sda.outputs), then its picture for the report (one that cannot be drawn is left to the
-    report). Returns the saved output and why it is rejected (quality.reject_copies), or None."""
+    """A writer's work (on a writer thread, or on a CPU in the render's own): the output's
+    memorization check, the output (sidecar first, see sda.outputs), then its picture for the
+    report (one that cannot be drawn is left to the report). Returns the saved output and why it
+    is rejected (quality.reject_copies), or None."""
     if result.memorization is None:
         result = pipeline.check_memorization(result)
     check = result.memorization

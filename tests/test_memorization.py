@@ -116,7 +116,7 @@ def test_rejected_copies_are_written_recorded_as_rejected_and_judged_again_on_re
     outcome = run_job(config, folder, show_progress=False, run_token="t")
     assert [item.status for item in outcome.items] == ["rejected", "rejected"]
     assert outcome.count("done") == 0 and not outcome.failed
-    # The runner checks on its writer threads what the Python API checks inline: the same record.
+    # The runner checks with its writing what the Python API checks in generate(): the same record.
     inline = GenerationPipeline(shipped, config).generate([0, 1])
     for item, result in zip(outcome.items, inline, strict=True):
         written = json.loads((folder / item.sidecar).read_text())
