@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -300,7 +301,7 @@ def print_end_to_end(run: dict[str, Any], pipeline_rate: float | None) -> None:
             )
             held = job["write_held_s"]
             print(f"    {'overlapped':32s} {run['overlap_s']:8.2f} s   rendering held back {held:.2f} s (queue full)")
-            print(f"    {'writing after the last render':32s} {run['writing_alone_s']:8.2f} s")
+            print(f"    {'writing, not overlapped':32s} {run['writing_alone_s']:8.2f} s")
     print(f"  {'other (lock, plan, exit)':34s} {run['wall_s'] - accounted:8.2f} s")
     print(f"  {'total, launch to exit':34s} {run['wall_s']:8.2f} s")
     rate = run["audio_s_per_wall_s_without_startup"]
@@ -325,6 +326,7 @@ def end_to_end_main(args: argparse.Namespace, device: str) -> list[dict[str, Any
     for stereo in args.stereo.split(","):
         # Taken in turns, so that a machine's changing load weighs on every figure alike.
         pipeline, runs = None, {writers: [] for writers in writer_settings}
+        round_rates: list[float] = []  # each round's pipeline-only figure
         for _ in range(args.repeats):
             if args.pipeline_seeds:
                 measured = measure_in_child(
@@ -342,6 +344,7 @@ def end_to_end_main(args: argparse.Namespace, device: str) -> list[dict[str, Any
                     f"({args.pipeline_seeds} seeds, {measured['wall_s']:.1f} s)",
                     flush=True,
                 )
+                round_rates.append(measured["audio_s_per_wall_s"])
                 if pipeline is None or measured["wall_s"] < pipeline["wall_s"]:
                     pipeline = measured
             for writers in writer_settings:
@@ -365,7 +368,26 @@ def end_to_end_main(args: argparse.Namespace, device: str) -> list[dict[str, Any
         for writers in writer_settings:
             best = min(runs[writers], key=lambda run: run["wall_s"] - run["startup_s"])
             print_end_to_end(best, pipeline["audio_s_per_wall_s"] if pipeline else None)
-            reports.append({**best, "all_wall_s": [run["wall_s"] for run in runs[writers]], "pipeline_only": pipeline})
+            ratios = [
+                run["audio_s_per_wall_s_without_startup"] / rate
+                for run, rate in zip(runs[writers], round_rates, strict=False)
+            ]
+            if len(ratios) > 1:
+                # The fastest of each is one figure; on a machine whose speed wanders, each
+                # round's pair (taken minutes apart at most) says more about the ratio.
+                print(
+                    f"  round by round, end to end is {', '.join(f'{100 * r:.0f}' for r in ratios)} % of that "
+                    f"round's pipeline-only figure (median {100 * statistics.median(ratios):.0f} %)",
+                    flush=True,
+                )
+            reports.append(
+                {
+                    **best,
+                    "all_wall_s": [run["wall_s"] for run in runs[writers]],
+                    "pipeline_only": pipeline,
+                    "round_ratios": ratios,
+                }
+            )
             if writers:
                 continue  # only the run as users run it (writers chosen from the device) is recorded
             config = _config(stereo, args.chunking, args.duration_s, device)
