@@ -4,6 +4,8 @@ including those inside functions), so a lower module never needs a higher one to
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sda"
@@ -84,3 +86,17 @@ def test_the_cycle_finder_finds_a_circle_through_a_function_level_import(tmp_pat
     assert find_cycle(graph) == ["sda.a", "sda.sub.b", "sda.sub.c", "sda.a"]
     (package / "sub" / "c.py").write_text("import numpy\n")
     assert find_cycle(import_graph(package)) is None
+
+
+def test_importing_sda_leaves_the_garbage_collector_as_it_was():
+    # sda pauses the collector while torch and the rest load (sda/__init__.py).
+    code = (
+        "import gc, sys\n"
+        "wanted = sys.argv[1] == 'on'\n"
+        "(gc.enable if wanted else gc.disable)()\n"
+        "import sda\n"
+        "assert gc.isenabled() is wanted, gc.isenabled()\n"
+    )
+    for state in ("on", "off"):
+        done = subprocess.run([sys.executable, "-c", code, state], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
