@@ -54,14 +54,21 @@ def exit_now(main: Callable[[], None]) -> typing.NoReturn:
     the 2-core CPU, 0.8 s without `gc.freeze()`. So the exit runs the atexit handlers (logging's
     flush of Hydra's run log), flushes stdout and stderr, and ends with `os._exit` and main's
     status. Where a thread that is not a daemon still runs (a launcher's: joblib's loky ends its
-    own only from the interpreter's shutdown), the exit is the interpreter's usual one. Only for
-    `__main__`: called in-process (tests, a user's script), `main` raises SystemExit as usual."""
+    own only from the interpreter's shutdown), or a profiler or tracer watches, the exit is the
+    interpreter's usual one. Only for `__main__`: called in-process (tests, a user's script),
+    `main` raises SystemExit as usual."""
     try:
         main()
         status: object = 0
     except SystemExit as stop:
         status = stop.code
-    if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
+    launcher_thread = any(
+        t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()
+    )
+    # A profiler, tracer or debugger (cProfile, coverage, pdb) writes or reports what it saw after
+    # main returns, from code a quick exit would skip.
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if launcher_thread or watched:
         sys.exit(status)
     if status is None:
         code = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pstats
 import re
 import subprocess
 import sys
@@ -253,3 +254,19 @@ def test_the_process_ends_at_once_with_every_line_flushed_and_its_status(tmp_pat
         timeout=300,
     )
     assert refused.returncode == 2 and refused.stderr.startswith("error: count=0"), refused.stderr
+
+
+@pytest.mark.slow
+def test_a_profiled_run_still_writes_its_profile(tmp_path):
+    # The quick exit steps aside when a profiler watches: cProfile writes after main returns.
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", "run.prof", "-m", "sda.run", "duration_s=0.5", "hydra.run.dir=run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ONE_THREAD},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    stats = pstats.Stats(str(tmp_path / "run.prof"))
+    assert any(name == "generate_batch" for _, _, name in stats.stats), "the job's own calls are in the profile"
