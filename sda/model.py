@@ -122,7 +122,34 @@ class ResidualBlock(nn.Module):
         return x + self.second(nn.functional.silu(self.first(nn.functional.silu(x))))
 
 
-class MelVAE(nn.Module):
+class _NormalizedLogMel(nn.Module):
+    """What both architectures share: the per-mel-bin statistics of the training log-mels
+    (buffers `mel_mean`, `mel_std`, `[n_mels, 1]`), the network working in their normalized
+    space, and `decode` back to log-mels (never negative) from a subclass's `decode_normalized`."""
+
+    n_mels: int
+
+    def _register_mel_statistics(self) -> None:
+        self.register_buffer("mel_mean", torch.zeros(self.n_mels, 1))
+        self.register_buffer("mel_std", torch.ones(self.n_mels, 1))
+
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-mel-bin statistics `[n_mels]` of the training log-mels."""
+        self.mel_mean.copy_(mean.reshape(self.n_mels, 1))
+        self.mel_std.copy_(std.clamp(min=1e-3).reshape(self.n_mels, 1))
+
+    def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return (log_mel - self.mel_mean) / self.mel_std
+
+    def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """`[batch, latent_size]` latents -> log-mel windows `[batch, n_mels, frames]` (never negative)."""
+        return (self.decode_normalized(z) * self.mel_std + self.mel_mean).clamp(min=0.0)
+
+
+class MelVAE(_NormalizedLogMel):
     """Convolutional VAE with a time-resolved latent (checkpoint format 3).
 
     A log-mel window `[batch, n_mels, frames]` is read as `n_mels` channels along time: each
@@ -151,8 +178,7 @@ class MelVAE(nn.Module):
         self.latent_frames = self.padded_frames // scale
         self.latent_size = hyper.latent_dim * self.latent_frames
 
-        self.register_buffer("mel_mean", torch.zeros(self.n_mels, 1))
-        self.register_buffer("mel_std", torch.ones(self.n_mels, 1))
+        self._register_mel_statistics()
         self.register_buffer("prior_mean", torch.zeros(self.latent_size))
         self.register_buffer("prior_scale", torch.eye(self.latent_size))
 
@@ -174,14 +200,6 @@ class MelVAE(nn.Module):
             decoder.append(nn.SiLU())
         decoder.append(Conv1d(widths[-1], self.n_mels, kernel_size=3, padding=1))
         self.decoder = nn.Sequential(*decoder)
-
-    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Per-mel-bin statistics `[n_mels]` of the training log-mels."""
-        self.mel_mean.copy_(mean.reshape(self.n_mels, 1))
-        self.mel_std.copy_(std.clamp(min=1e-3).reshape(self.n_mels, 1))
-
-    def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
-        return (log_mel - self.mel_mean) / self.mel_std
 
     # -- the training space: latent grids [batch, latent_dim, latent_frames] ---------------------
     def posterior(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,10 +235,6 @@ class MelVAE(nn.Module):
         grid = (self.prior_mean + z @ self.prior_scale.T).reshape(z.shape[0], self.hyper.latent_dim, self.latent_frames)
         return self.decode_grid(grid)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """`[batch, latent_size]` latents -> log-mel windows `[batch, n_mels, frames]` (never negative)."""
-        return (self.decode_normalized(z) * self.mel_std + self.mel_mean).clamp(min=0.0)
-
     def set_prior(self, mean: torch.Tensor, covariance: torch.Tensor) -> None:
         """Make standard-normal latents decode like the aggregate posterior N(mean `[latent_size]`,
         covariance `[latent_size, latent_size]`) of the training-space latents."""
@@ -248,7 +262,7 @@ class GlobalLatentHyperparameters:
         return cls(latent_dim=checked.latent_dim, channels=checked.channels)
 
 
-class GlobalLatentVAE(nn.Module):
+class GlobalLatentVAE(_NormalizedLogMel):
     """The architecture of checkpoint formats 1 and 2, kept so those models still load and
     render: one `latent_dim` vector per window, a 2-D convolutional encoder/decoder over
     (mel, time) with `len(channels)` stride-2 levels. Same interface as MelVAE for inference
@@ -268,8 +282,7 @@ class GlobalLatentVAE(nn.Module):
         self.bottom_shape = (hyper.channels[-1], self.padded_mels // scale, self.padded_frames // scale)
         flat = math.prod(self.bottom_shape)
 
-        self.register_buffer("mel_mean", torch.zeros(self.n_mels, 1))
-        self.register_buffer("mel_std", torch.ones(self.n_mels, 1))
+        self._register_mel_statistics()
 
         encoder: list[nn.Module] = []
         in_ch = 1
@@ -289,13 +302,6 @@ class GlobalLatentVAE(nn.Module):
                 decoder.append(nn.SiLU())
         self.decoder = nn.Sequential(*decoder)
 
-    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.mel_mean.copy_(mean.reshape(self.n_mels, 1))
-        self.mel_std.copy_(std.clamp(min=1e-3).reshape(self.n_mels, 1))
-
-    def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
-        return (log_mel - self.mel_mean) / self.mel_std
-
     def encode(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`[batch, n_mels, frames]` log-mel -> (mu, logvar), each `[batch, latent_dim]`."""
         x = nn.functional.pad(
@@ -309,10 +315,6 @@ class GlobalLatentVAE(nn.Module):
     def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
         h = self.from_latent(z).reshape(z.shape[0], *self.bottom_shape)
         return self.decoder(h)[:, 0, : self.n_mels, : self.frames]
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """`[batch, latent_dim]` latents -> log-mel windows `[batch, n_mels, frames]` (never negative)."""
-        return (self.decode_normalized(z) * self.mel_std + self.mel_mean).clamp(min=0.0)
 
 
 @dataclass
